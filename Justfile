@@ -1,0 +1,61 @@
+# The verbs people type. `sh .ci/bootstrap` provides `just` itself (in .venv/bin).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
+python := justfile_directory() / ".venv/bin/python"
+
+# Debian packages the project needs on the host (QEMU, virtiofsd, runc, busybox for test
+# rootfs, tools to unpack mkosi and Debian packages).
+host_packages := "qemu-system-x86 qemu-system-common qemu-utils runc busybox-static cpio zstd kmod e2fsprogs iproute2 procps psmisc binutils xz-utils"
+
+default:
+    @just --list
+
+# Install host packages and the project (editable) with its dev tools.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    t0=$(date +%s)
+    if ! dpkg -s {{host_packages}} >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends {{host_packages}}
+    fi
+    [ -x {{python}} ] || python3 -m venv .venv
+    stamp=.venv/.pykata-installed
+    if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ]; then
+        {{python}} -m pip install -q --disable-pip-version-check -e '.[dev,guest]'
+        touch $stamp
+    fi
+    echo "setup: done in $(( $(date +%s) - t0 ))s"
+
+# Regenerate agent/pykata/protocols from protocols/*.proto.
+proto: setup
+    {{python}} protocols/generate.py
+
+# ruff (lint + format check) and mypy.
+lint: setup
+    ruff check agent tests protocols
+    ruff format --check agent tests protocols
+    mypy
+
+# Format the code in place.
+fmt: setup
+    ruff format agent tests protocols
+    ruff check --fix agent tests protocols
+
+# Every test tier (lint, unit, integration, vm) with stage timings and one summary line.
+test: setup
+    {{python}} tests/run_tiers.py lint unit integration vm
+
+# One tier only: unit, integration or vm (extra arguments go to pytest).
+test-tier tier *args: setup
+    {{python}} tests/run_tiers.py {{tier}} -- {{args}}
+
+# Start the agent on a unix socket and call Health.Check and Version against it.
+demo: setup
+    {{python}} tests/bench/health_demo.py
+
+# ttRPC: Go reference client against the Go server and ours (calls/s, p50/p99, ratio).
+bench-ttrpc: setup
+    {{python}} tests/bench/bench_ttrpc.py
