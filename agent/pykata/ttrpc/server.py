@@ -1,0 +1,254 @@
+"""The asyncio ttRPC server: one task per request, responses in completion order.
+
+Wire behaviour follows containerd's Go ttrpc (1.1): success omits Response.status, an
+unknown service or method answers UNIMPLEMENTED, an even stream id INVALID_ARGUMENT, an
+oversized frame RESOURCE_EXHAUSTED on its stream id, and an undecodable payload INTERNAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable
+from types import TracebackType
+
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+
+from pykata.protocols import rpc_status_pb2, ttrpc_pb2
+from pykata.ttrpc.addresses import UnixAddress, parse_address
+from pykata.ttrpc.errors import Code, TtrpcError, status_for_exception
+from pykata.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameType, FrameWriter
+from pykata.ttrpc.listening import listening_socket
+from pykata.ttrpc.services import Method, ServiceSet
+
+log = logging.getLogger("ttrpc")
+
+_REQUEST = FrameType.REQUEST.value
+_RESPONSE = FrameType.RESPONSE.value
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+_parse_request = ttrpc_pb2.Request.FromString
+
+
+def _ok_response(payload: bytes) -> bytes:
+    """Encode Response{payload} by hand: field 2, length-delimited, no status (as Go does).
+
+    This is the per-request hot path; building and serialising a message costs more.
+    """
+    if not payload:
+        return b""
+    size = len(payload)
+    prefix = bytearray(b"\x12")
+    while size > 0x7F:
+        prefix.append((size & 0x7F) | 0x80)
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + payload
+
+
+def _error_response(code: int, message: str) -> bytes:
+    status = rpc_status_pb2.Status(code=code, message=message)
+    return ttrpc_pb2.Response(status=status).SerializeToString()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._services = server._services.services
+        self._decoder = FrameDecoder()
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._transport: asyncio.Transport | None = None
+        self._writer: FrameWriter | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._writer = FrameWriter(transport, self._loop)
+        self._server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        if self._decoder.buffered:
+            log.debug("ttrpc: connection closed in the middle of a frame")
+        self._transport = None
+        for task in self._inflight.values():
+            task.cancel()
+
+    # Stop reading requests while the peer is not reading our responses.
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._inflight.values())
+
+    def data_received(self, data: bytes) -> None:
+        for stream_id, frame_type, _flags, payload in self._decoder.feed(data):
+            if self._transport is None:
+                return
+            if payload is None:
+                self._send_error(
+                    stream_id,
+                    Code.RESOURCE_EXHAUSTED,
+                    f"message length exceeds maximum message size of {MAX_PAYLOAD}",
+                )
+            elif frame_type == _REQUEST:
+                self._request(stream_id, payload)
+            elif frame_type not in _KNOWN_TYPES:
+                # Every later header would be read from the wrong offset: give up on the peer.
+                log.warning("ttrpc: unknown frame type %d, closing connection", frame_type)
+                self._transport.abort()
+                return
+            # Responses and stream data are not for a unary server; Go ignores them too.
+
+    def _request(self, stream_id: int, payload: bytes) -> None:
+        try:
+            request = _parse_request(payload)
+        except DecodeError as exc:
+            self._send_error(stream_id, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}")
+            return
+        if not stream_id & 1:
+            self._send_error(
+                stream_id,
+                Code.INVALID_ARGUMENT,
+                "StreamID must be odd for client initiated streams",
+            )
+            return
+        if stream_id in self._inflight:
+            self._send_error(stream_id, Code.INVALID_ARGUMENT, f"stream {stream_id} is in use")
+            return
+        methods = self._services.get(request.service)
+        if methods is None:
+            self._send_error(stream_id, Code.UNIMPLEMENTED, f"service {request.service}")
+            return
+        method = methods.get(request.method)
+        if method is None:
+            self._send_error(stream_id, Code.UNIMPLEMENTED, f"method {request.method}")
+            return
+        self._inflight[stream_id] = self._loop.create_task(
+            self._run(stream_id, method, request.payload, request.timeout_nano)
+        )
+
+    async def _run(self, stream_id: int, method: Method, payload: bytes, timeout_nano: int) -> None:
+        try:
+            try:
+                request = method.request_type.FromString(payload)
+            except DecodeError as exc:
+                self._send_error(
+                    stream_id, Code.INTERNAL, f"ttrpc: error unmarshalling payload: {exc}"
+                )
+                return
+            if timeout_nano > 0:
+                try:
+                    async with asyncio.timeout(timeout_nano / 1e9):
+                        response = await method.handler(request)
+                except TimeoutError:
+                    self._send_error(stream_id, Code.DEADLINE_EXCEEDED, "deadline exceeded")
+                    return
+            else:
+                response = await method.handler(request)
+            if type(response) is not method.response_type:
+                raise TypeError(
+                    f"handler returned {type(response).__name__}, "
+                    f"want {method.response_type.__name__}"
+                )
+            body = _ok_response(response.SerializeToString())
+            if len(body) > MAX_PAYLOAD:
+                self._send_error(
+                    stream_id,
+                    Code.RESOURCE_EXHAUSTED,
+                    f"response of {len(body)} bytes exceeds maximum message size {MAX_PAYLOAD}",
+                )
+                return
+            if self._writer is not None and self._transport is not None:
+                self._writer.write(stream_id, _RESPONSE, body)
+        except TtrpcError as exc:
+            self._send_error(stream_id, exc.code, exc.message)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # The handler itself gave up (it awaited something that was cancelled).
+            self._send_error(stream_id, Code.CANCELLED, "handler cancelled")
+        except Exception as exc:
+            code, message = status_for_exception(exc)
+            log.warning("ttrpc: %s failed", method.name, exc_info=True)
+            self._send_error(stream_id, code, message)
+        finally:
+            del self._inflight[stream_id]
+
+    def _send_error(self, stream_id: int, code: int, message: str) -> None:
+        if self._writer is not None and self._transport is not None:
+            self._writer.write(stream_id, _RESPONSE, _error_response(code, message))
+
+
+class Server:
+    """Serves registered proto services on any number of listening addresses."""
+
+    def __init__(self) -> None:
+        self._services = ServiceSet()
+        self._listeners: list[asyncio.Server] = []
+        self._socket_paths: list[str] = []
+        self._connections: set[_Connection] = set()
+        self._closed = asyncio.Event()
+
+    def register(self, service: ServiceDescriptor, *handlers: object) -> None:
+        """Serve service; each RPC goes to the first handler object that has an async
+        method of the RPC's name. Must be called before clients connect."""
+        self._services.register(service, *handlers)
+
+    async def listen(self, address: str) -> None:
+        """Start accepting on unix:///path, unix://@name or vsock://CID:PORT."""
+        parsed = parse_address(address)
+        sock = listening_socket(parsed)
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self), sock=sock
+        )
+        self._listeners.append(listener)
+        if isinstance(parsed, UnixAddress) and not parsed.abstract:
+            self._socket_paths.append(parsed.path)
+        log.info("ttrpc: listening on %s", parsed)
+
+    async def serve_forever(self) -> None:
+        """Return once close() has run."""
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        """Stop listening, drop every connection and cancel its in-flight handlers."""
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
+        tasks: list[Awaitable[None]] = []
+        for conn in list(self._connections):
+            tasks.extend(conn.tasks())
+            conn.abort()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for listener in listeners:
+            await listener.wait_closed()
+        for path in self._socket_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._socket_paths.clear()
+        self._closed.set()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

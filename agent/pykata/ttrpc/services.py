@@ -1,0 +1,55 @@
+"""The method table a server routes requests by, built from proto service descriptors."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+Handler = Callable[[Message], Awaitable[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    name: str
+    handler: Handler
+    request_type: type[Message]
+    response_type: type[Message]
+
+
+class ServiceSet:
+    """Maps wire service names (``<package>.<Service>``) and method names to handlers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, Method]] = {}
+
+    def register(self, service: ServiceDescriptor, *handlers: object) -> None:
+        """Route each RPC of service to the first handler object with a method of its name.
+
+        RPCs none of them provide stay unregistered and answer UNIMPLEMENTED.
+        """
+        name = service.full_name
+        if name in self.services:
+            raise ValueError(f"service {name} is already registered")
+        methods: dict[str, Method] = {}
+        for rpc in service.methods:
+            if rpc.client_streaming or rpc.server_streaming:
+                raise ValueError(f"{name}/{rpc.name}: streaming RPCs are not supported")
+            for obj in handlers:
+                handler = getattr(obj, rpc.name, None)
+                if handler is None:
+                    continue
+                if not inspect.iscoroutinefunction(handler):
+                    raise TypeError(f"{name}/{rpc.name}: handler {handler!r} is not async")
+                methods[rpc.name] = Method(
+                    f"/{name}/{rpc.name}",
+                    handler,
+                    GetMessageClass(rpc.input_type),
+                    GetMessageClass(rpc.output_type),
+                )
+                break
+        self.services[name] = methods
