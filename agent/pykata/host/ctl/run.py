@@ -1,0 +1,132 @@
+"""`run` (sandbox if needed, container on a host folder, stdio, exit code) and `exec`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pykata.host.ctl.errors import UsageError
+from pykata.host.ctl.session import Session
+from pykata.host.ctl.share import share_rootfs, unshare_rootfs
+from pykata.host.ctl.spec import ProcessOptions, build_process, build_spec
+from pykata.host.ctl.state import ContainerRecord, StateFile
+from pykata.host.ctl.stdio import ProcessIO
+from pykata.host.ctl.target import GUEST_SHARED_DIR, Target
+from pykata.host.ctl.tty import terminal_size
+from pykata.protocols import agent_pb2
+from pykata.ttrpc.errors import AlreadyExists, NotFound
+
+HOSTNAME = "pykata"
+# Kata's storage for the kataShared virtio-fs folder, mounted by the agent in CreateSandbox.
+SHARED_STORAGE = agent_pb2.Storage(
+    driver="virtio-fs",
+    source="kataShared",
+    fstype="virtiofs",
+    mount_point=GUEST_SHARED_DIR,
+)
+
+
+@dataclass(frozen=True)
+class ProcessRequest:
+    args: list[str]
+    env: list[str]
+    cwd: str
+    terminal: bool
+    stdin: bool
+
+    def options(self) -> ProcessOptions:
+        rows, columns = terminal_size(sys.stdout.fileno()) if self.terminal else (0, 0)
+        return ProcessOptions(
+            args=self.args,
+            env=self.env,
+            cwd=self.cwd,
+            terminal=self.terminal,
+            rows=rows,
+            columns=columns,
+        )
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+async def ensure_sandbox(session: Session, target: Target, state_file: StateFile) -> str:
+    # The lock is held across CreateSandbox so two concurrent `run`s create one sandbox.
+    with state_file.update() as state:
+        if state.sandbox_id is None:
+            sandbox_id = new_id()
+            request = agent_pb2.CreateSandboxRequest(
+                hostname=HOSTNAME,
+                sandbox_id=sandbox_id,
+                storages=[SHARED_STORAGE] if target.is_vm else [],
+            )
+            with contextlib.suppress(AlreadyExists):
+                await session.agent_empty("CreateSandbox", request)
+            state.sandbox_id = sandbox_id
+        return state.sandbox_id
+
+
+async def run_container(
+    session: Session,
+    target: Target,
+    state_file: StateFile,
+    rootfs: Path,
+    process: ProcessRequest,
+    container_id: str | None,
+) -> int:
+    cid = container_id or new_id()
+    await ensure_sandbox(session, target, state_file)
+    with state_file.update() as state:
+        if cid in state.containers:
+            raise UsageError(f"container {cid} already exists")
+        root_path, mount = share_rootfs(target, cid, rootfs)
+        state.containers[cid] = ContainerRecord(
+            id=cid,
+            rootfs=str(rootfs),
+            args=process.args,
+            created=time.time(),
+            owner_pid=os.getpid(),
+            mount=None if mount is None else str(mount),
+        )
+    try:
+        spec = build_spec(process.options(), root_path, HOSTNAME)
+        await session.agent_empty(
+            "CreateContainer",
+            agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec),
+        )
+        await session.agent_empty(
+            "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
+        )
+        io = ProcessIO(session, cid, cid, terminal=process.terminal, stdin=process.stdin)
+        return await io.run()
+    finally:
+        await remove_container(session, state_file, cid)
+
+
+async def remove_container(session: Session, state_file: StateFile, container_id: str) -> None:
+    """RemoveContainer (gone already is fine), undo the rootfs share, forget the record."""
+    with contextlib.suppress(NotFound):
+        await session.agent_empty(
+            "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=container_id)
+        )
+    with state_file.update() as state:
+        record = state.containers.pop(container_id, None)
+        if record is not None and record.mount is not None:
+            unshare_rootfs(Path(record.mount))
+
+
+async def exec_process(session: Session, container_id: str, process: ProcessRequest) -> int:
+    exec_id = new_id()
+    await session.agent_empty(
+        "ExecProcess",
+        agent_pb2.ExecProcessRequest(
+            container_id=container_id, exec_id=exec_id, process=build_process(process.options())
+        ),
+    )
+    io = ProcessIO(session, container_id, exec_id, terminal=process.terminal, stdin=process.stdin)
+    return await io.run()
