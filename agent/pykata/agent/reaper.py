@@ -16,6 +16,8 @@ import signal
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from pykata.agent.fdready import writable
+
 log = logging.getLogger("kata-agent.reaper")
 
 # Statuses of pids nobody watched yet. Kept so that a watch() right after the spawn cannot
@@ -199,31 +201,16 @@ class _Collector:
 async def _feed(fd: int, data: bytes) -> None:
     """Write ``data`` to a pipe without blocking the loop, then close it."""
     os.set_blocking(fd, False)
-    loop = asyncio.get_running_loop()
     view = memoryview(data)
     try:
         while view:
             try:
                 n = os.write(fd, view)
             except BlockingIOError:
-                await _writable(loop, fd)
+                await writable(fd)
                 continue
             except BrokenPipeError:
                 return
             view = view[n:]
     finally:
         os.close(fd)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)

@@ -1,0 +1,232 @@
+"""A container in the sandbox: its bundle, runtime handle, processes, cgroup and storages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pykata.agent.cgroups import Cgroup, open_cgroup
+from pykata.agent.container.bundle import Bundle
+from pykata.agent.container.runtime import STATE_ROOT, OciRuntime, RuntimeFailure
+from pykata.agent.process.process import Process
+from pykata.agent.process.stdio import ConsoleSocket
+from pykata.agent.reaper import Reaper
+from pykata.agent.storage.manager import StorageManager
+from pykata.ttrpc.errors import AlreadyExists, FailedPrecondition, NotFound
+
+log = logging.getLogger("kata-agent.container")
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class Container:
+    def __init__(
+        self,
+        container_id: str,
+        bundle: Bundle,
+        spec: dict[str, Any],
+        runtime: OciRuntime,
+        reaper: Reaper,
+        storages: list[str],
+        storage_manager: StorageManager,
+        pipe_size: int,
+    ) -> None:
+        self.id = container_id
+        self.bundle = bundle
+        self.spec = spec
+        self.runtime = runtime
+        self.reaper = reaper
+        self.storages = storages
+        self.storage_manager = storage_manager
+        self.pipe_size = pipe_size
+        self.cgroup: Cgroup = open_cgroup(spec["linux"]["cgroupsPath"])
+        self.state = State.CREATED
+        self.init: Process | None = None
+        self.processes: dict[str, Process] = {}
+        self._oom_task: asyncio.Task[None] | None = None
+        self._init_tracker: asyncio.Future[None] | None = None
+        self._destroyed = False
+
+    async def launch(self, exec_id: str) -> None:
+        """``runtime create``: the init process exists and waits for start."""
+        process = Process(exec_id, init=True, terminal=bool(self.spec["process"].get("terminal")))
+        self.bundle.write_config(self.spec)
+        pid = await self._spawn(
+            process,
+            lambda stdio, console: self.runtime.create(
+                self.id, self.bundle.path, stdio=stdio, console=console
+            ),
+        )
+        process.started(pid, self.reaper)
+        self.init = process
+        self.processes[exec_id] = process
+        self._init_tracker = asyncio.ensure_future(self._track_init(process))
+
+    async def _spawn(
+        self,
+        process: Process,
+        run: Callable[..., Awaitable[tuple[int, int | None]]],
+    ) -> int:
+        console = None
+        stdio = None
+        if process.terminal:
+            os.makedirs(STATE_ROOT, exist_ok=True)
+            # Short path: a unix socket path must fit in 108 bytes, container ids are long.
+            console = ConsoleSocket(os.path.join(STATE_ROOT, f"tty-{secrets.token_hex(8)}.sock"))
+        else:
+            stdio = process.pipes(self.pipe_size)
+        try:
+            pid, master = await run(stdio, console)
+        except BaseException:
+            process.close_stdio()
+            raise
+        finally:
+            if stdio is not None:
+                stdio.close()
+            if console is not None:
+                console.close()
+        if master is not None:
+            process.attach_tty(master)
+        return pid
+
+    async def _track_init(self, process: Process) -> None:
+        await process.wait()
+        self.state = State.STOPPED
+
+    async def start(self, on_oom: Callable[[str], None]) -> None:
+        if self.state is not State.CREATED:
+            raise FailedPrecondition(f"container {self.id} is {self.state.value}, not created")
+        self._watch_oom(on_oom)
+        await self.runtime.start(self.id)
+        if self.state is State.CREATED:
+            self.state = State.RUNNING
+
+    def _watch_oom(self, on_oom: Callable[[str], None]) -> None:
+        try:
+            notifier = self.cgroup.open_oom_notifier()
+        except OSError as exc:
+            log.warning("no OOM events for container: %s", exc, extra={"container": self.id})
+            return
+
+        async def watch() -> None:
+            try:
+                while True:
+                    count = await notifier.wait()
+                    if count == 0:
+                        return
+                    log.info("OOM in container", extra={"container": self.id})
+                    for _ in range(count):
+                        on_oom(self.id)
+            finally:
+                notifier.close()
+
+        self._oom_task = asyncio.ensure_future(watch())
+
+    async def exec(self, exec_id: str, process_spec: dict[str, Any]) -> Process:
+        if exec_id in self.processes:
+            raise AlreadyExists(f"exec id {exec_id} already exists in container {self.id}")
+        if self.state is not State.RUNNING:
+            raise FailedPrecondition(f"container {self.id} is {self.state.value}, not running")
+        process = Process(exec_id, init=False, terminal=bool(process_spec.get("terminal")))
+        # Reserve the exec id while the runtime works.
+        self.processes[exec_id] = process
+        try:
+            pid = await self._spawn(
+                process,
+                lambda stdio, console: self.runtime.exec(
+                    self.id, self.bundle.path, exec_id, process_spec, stdio=stdio, console=console
+                ),
+            )
+        except BaseException:
+            del self.processes[exec_id]
+            raise
+        process.started(pid, self.reaper)
+        return process
+
+    def find_process(self, exec_id: str) -> Process:
+        """The process of ``exec_id``; an empty id means the container's init."""
+        if not exec_id:
+            if self.init is not None and self.init.exec_id in self.processes:
+                return self.init
+            raise NotFound(f"container {self.id} has no init process any more")
+        process = self.processes.get(exec_id)
+        if process is None:
+            raise NotFound(f"process {exec_id} not found in container {self.id}")
+        return process
+
+    async def forget(self, process: Process) -> None:
+        if self.processes.get(process.exec_id) is process:
+            del self.processes[process.exec_id]
+        await process.release()
+
+    async def pause(self) -> None:
+        if self.state is not State.RUNNING:
+            raise FailedPrecondition(f"container {self.id} is {self.state.value}, not running")
+        await self.runtime.pause(self.id)
+        self.state = State.PAUSED
+
+    async def resume(self) -> None:
+        if self.state is not State.PAUSED:
+            raise FailedPrecondition(f"container {self.id} is {self.state.value}, not paused")
+        await self.runtime.resume(self.id)
+        self.state = State.RUNNING
+
+    async def update(self, resources: dict[str, Any]) -> None:
+        if self.state is State.STOPPED:
+            raise FailedPrecondition(f"container {self.id} is stopped")
+        await self.runtime.update(self.id, resources)
+
+    async def signal_all(self, sig: int) -> None:
+        """Signal every task in the cgroup, frozen meanwhile so none can fork away."""
+        frozen = False
+        try:
+            await self.cgroup.freeze(True)
+            frozen = True
+        except OSError as exc:
+            log.warning("freeze failed: %s", exc, extra={"container": self.id})
+        try:
+            for pid in self.cgroup.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        finally:
+            if frozen and self.state is not State.PAUSED:
+                with contextlib.suppress(OSError):
+                    await self.cgroup.freeze(False)
+
+    async def destroy(self) -> None:
+        """Kill everything, delete the runtime container, unmount and free what it held."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if self.cgroup.exists():
+            await self.signal_all(signal.SIGKILL)
+            if self.state is State.PAUSED:
+                with contextlib.suppress(OSError):
+                    await self.cgroup.freeze(False)
+        with contextlib.suppress(RuntimeFailure):
+            await self.runtime.delete(self.id)
+        for process in list(self.processes.values()):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await process.wait()
+            await self.forget(process)
+        if self._oom_task is not None:
+            self._oom_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._oom_task
+        self.cgroup.remove()
+        self.bundle.remove()
+        await self.storage_manager.remove(self.storages)
+        self.state = State.STOPPED

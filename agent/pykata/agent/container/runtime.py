@@ -1,0 +1,242 @@
+"""The OCI runtime adapter: crun (preferred) or runc, which share one command line.
+
+The agent prepares bundles and holds stdio; namespaces, seccomp and cgroup setup are the
+runtime's job. Every invocation goes through the Reaper (the agent reaps all children).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from pykata.agent.mount import fstype_of
+from pykata.agent.process.process import ChildStdio
+from pykata.agent.process.stdio import ConsoleSocket
+from pykata.agent.reaper import Reaper, exit_code
+from pykata.ttrpc.errors import Internal, Unavailable
+
+log = logging.getLogger("kata-agent.runtime")
+
+CANDIDATES = ("crun", "runc")
+STATE_ROOT = "/run/kata-agent"
+COMMAND_TIMEOUT = 60.0
+
+
+class RuntimeFailure(Internal):
+    """The OCI runtime refused or failed a command (its own message included)."""
+
+
+def root_is_initramfs() -> bool:
+    """pivot_root(2) cannot leave an initramfs: the runtime must use --no-pivot there."""
+    return fstype_of("/") in ("rootfs", "ramfs")
+
+
+class OciRuntime:
+    def __init__(self, binary: str, reaper: Reaper, *, no_pivot: bool) -> None:
+        self.binary = binary
+        self.name = os.path.basename(binary)
+        self.reaper = reaper
+        self.no_pivot = no_pivot
+        self.root = os.path.join(STATE_ROOT, self.name)
+
+    def _argv(self, *args: str, log_file: str | None = None) -> list[str]:
+        argv = [self.binary, "--root", self.root]
+        if log_file is not None:
+            argv += ["--log", log_file, "--log-format", "json"]
+        return [*argv, *args]
+
+    async def _call(self, *args: str, input: bytes | None = None) -> bytes:
+        argv = self._argv(*args)
+        code, out, err = await self.reaper.run(argv, input=input, timeout=COMMAND_TIMEOUT)
+        if code != 0:
+            message = (err or out).decode(errors="replace").strip()
+            raise RuntimeFailure(f"{self.name} {args[0]} failed (exit {code}): {message}")
+        return out
+
+    async def _spawn_and_wait(
+        self,
+        argv: list[str],
+        stdio: ChildStdio | None,
+        console: ConsoleSocket | None,
+        log_file: str,
+    ) -> int | None:
+        """Run a create/exec that hands the process over; returns the pty master if any."""
+        pid = self.reaper.spawn(
+            argv,
+            stdin=stdio.stdin if stdio else None,
+            stdout=stdio.stdout if stdio else None,
+            stderr=stdio.stderr if stdio else None,
+        )
+        status_fut = self.reaper.watch(pid)
+        master_task = asyncio.ensure_future(console.receive_master()) if console else None
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                status = await status_fut
+                if exit_code(status) != 0:
+                    raise RuntimeFailure(
+                        f"{self.name} {argv[argv.index('--log-format') + 2]} failed "
+                        f"(exit {exit_code(status)}): {read_log_errors(log_file)}"
+                    )
+                return await master_task if master_task else None
+        except BaseException:
+            if master_task is not None:
+                master_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    fd = await master_task
+                    os.close(fd)
+            raise
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: str,
+        *,
+        stdio: ChildStdio | None,
+        console: ConsoleSocket | None,
+    ) -> tuple[int, int | None]:
+        """Create the container (its process waits for start): (pid, pty master or None)."""
+        pid_file = os.path.join(bundle, "init.pid")
+        log_file = os.path.join(bundle, "runtime.log")
+        args = ["create", "--bundle", bundle, "--pid-file", pid_file]
+        if self.no_pivot:
+            args.append("--no-pivot")
+        if console is not None:
+            args += ["--console-socket", console.path]
+        argv = self._argv(*args, container_id, log_file=log_file)
+        master = await self._spawn_and_wait(argv, stdio, console, log_file)
+        return read_pid(pid_file), master
+
+    async def exec(
+        self,
+        container_id: str,
+        bundle: str,
+        exec_id: str,
+        process: dict[str, Any],
+        *,
+        stdio: ChildStdio | None,
+        console: ConsoleSocket | None,
+    ) -> tuple[int, int | None]:
+        """Start one more process in the container: (pid, pty master or None)."""
+        process_file = os.path.join(bundle, f"exec-{exec_id}.json")
+        pid_file = os.path.join(bundle, f"exec-{exec_id}.pid")
+        log_file = os.path.join(bundle, f"exec-{exec_id}.log")
+        write_json(process_file, process)
+        args = ["exec", "--detach", "--process", process_file, "--pid-file", pid_file]
+        if console is not None:
+            args += ["--console-socket", console.path]
+        argv = self._argv(*args, container_id, log_file=log_file)
+        try:
+            master = await self._spawn_and_wait(argv, stdio, console, log_file)
+            return read_pid(pid_file), master
+        finally:
+            for path in (process_file, pid_file, log_file):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    async def start(self, container_id: str) -> None:
+        await self._call("start", container_id)
+
+    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
+        args = ["kill", *(["--all"] if all_processes else []), container_id, str(signal)]
+        await self._call(*args)
+
+    async def delete(self, container_id: str) -> None:
+        await self._call("delete", "--force", container_id)
+
+    async def pause(self, container_id: str) -> None:
+        await self._call("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._call("resume", container_id)
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        await self._call(
+            "update", "--resources", "-", container_id, input=json.dumps(resources).encode()
+        )
+
+    async def state(self, container_id: str) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads(await self._call("state", container_id))
+        return state
+
+    async def works(self) -> bool:
+        """Cheap probe: can this runtime create (and delete) a container on this system?
+
+        crun 1.8, for one, refuses a hybrid cgroup v1/v2 layout; only trying tells.
+        """
+        os.makedirs(STATE_ROOT, exist_ok=True)
+        probe_id = f"kata-agent-probe-{os.getpid()}"
+        with tempfile.TemporaryDirectory(dir=STATE_ROOT, prefix="probe-") as bundle:
+            os.mkdir(os.path.join(bundle, "rootfs"))
+            # Never run (the probe container is not started), but runtimes check it exists.
+            os.close(os.open(os.path.join(bundle, "rootfs", "probe"), os.O_CREAT, 0o755))
+            write_json(os.path.join(bundle, "config.json"), probe_spec(probe_id))
+            try:
+                await self.create(probe_id, bundle, stdio=None, console=None)
+            except (RuntimeFailure, OSError, ValueError, TimeoutError) as exc:
+                log.info("OCI runtime probe failed", extra={"runtime": self.binary})
+                log.debug("probe error: %s", exc)
+                return False
+            finally:
+                with contextlib.suppress(RuntimeFailure, TimeoutError):
+                    await self.delete(probe_id)
+        return True
+
+
+def probe_spec(container_id: str) -> dict[str, Any]:
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/probe"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {
+            "namespaces": [{"type": "mount"}, {"type": "pid"}],
+            "cgroupsPath": f"/{container_id}",
+        },
+    }
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    # Small files on tmpfs: not worth a thread.
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def read_pid(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def read_log_errors(path: str) -> str:
+    """The error lines of a runtime's JSON log, or its last line."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return "no log"
+    errors = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("level") in ("error", "fatal"):
+                errors.append(str(record.get("msg", "")))
+    return "; ".join(errors) or (lines[-1] if lines else "empty log")
+
+
+async def detect(reaper: Reaper) -> OciRuntime:
+    """The first runtime of CANDIDATES that is installed and passes the probe."""
+    no_pivot = root_is_initramfs()
+    for name in CANDIDATES:
+        binary = shutil.which(name)
+        if binary is None:
+            continue
+        runtime = OciRuntime(binary, reaper, no_pivot=no_pivot)
+        if await runtime.works():
+            log.info("using OCI runtime", extra={"runtime": binary, "no_pivot": no_pivot})
+            return runtime
+    raise Unavailable(f"no working OCI runtime found (tried {', '.join(CANDIDATES)})")
