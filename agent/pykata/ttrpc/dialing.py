@@ -25,18 +25,21 @@ async def dial(address: Address, timeout: float) -> socket.socket:  # noqa: ASYN
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = _FIRST_BACKOFF
+    failure: OSError | None = None
     while True:
         attempt = asyncio.timeout_at(deadline)
         try:
             async with attempt:
                 return await _connect(loop, address)
         except OSError as exc:
-            if attempt.expired():
-                raise Unavailable(f"connect {address}: no connection within {timeout:g}s") from exc
-            failure = exc
+            if not attempt.expired():
+                failure = exc
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise Unavailable(f"connect {address}: {failure}") from failure
+            last = f" (last error: {failure})" if failure else ""
+            raise Unavailable(
+                f"connect {address}: no connection within {timeout:g}s{last}"
+            ) from failure
         await asyncio.sleep(min(delay, remaining))
         delay = min(delay * 2, _MAX_BACKOFF)
 
