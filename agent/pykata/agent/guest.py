@@ -1,0 +1,102 @@
+"""Guest-wide knobs behind sandbox-level RPCs: clock, entropy, CPU/memory hotplug, facts."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import glob
+import os
+import struct
+
+from pykata.agent import log
+
+logger = log.get("guest")
+
+SYSFS_MEMORY = "/sys/devices/system/memory"
+MEMORY_BLOCK_SIZE = f"{SYSFS_MEMORY}/block_size_bytes"
+MEMORY_PROBE = f"{SYSFS_MEMORY}/probe"
+SYSFS_CPU = "/sys/devices/system/cpu"
+RNDADDENTROPY = 0x40085203
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+def set_time(sec: int, usec: int) -> None:
+    if not 0 <= usec < 1_000_000 or sec < 0:
+        raise ValueError(f"invalid time {sec}s {usec}us")
+    tv = _Timeval(sec, usec)
+    if _libc.settimeofday(ctypes.byref(tv), None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"settimeofday: {os.strerror(err)}")
+
+
+def reseed_random(data: bytes) -> None:
+    """Credit ``data`` to the kernel's entropy pool (RNDADDENTROPY), as Kata does."""
+    if not data:
+        raise ValueError("no entropy data")
+    fd = os.open("/dev/random", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+        request = struct.pack("ii", len(data) * 8, len(data)) + data
+        fcntl.ioctl(fd, RNDADDENTROPY, request)
+    finally:
+        os.close(fd)
+
+
+def memory_block_size() -> int:
+    """The hotplug memory block size in bytes, 0 when the guest has no memory hotplug."""
+    try:
+        with open(MEMORY_BLOCK_SIZE) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return 0
+    return int(text, 16)
+
+
+def supports_memory_probe() -> bool:
+    return os.path.exists(MEMORY_PROBE)
+
+
+def probe_memory(addresses: list[int]) -> None:
+    for address in addresses:
+        with open(MEMORY_PROBE, "w") as f:
+            f.write(f"{address:#x}")
+
+
+def _online_all(pattern: str, limit: int | None = None) -> int:
+    """Write 1 to every offline ``online`` file matching ``pattern``; count them."""
+    count = 0
+    for path in sorted(glob.glob(pattern)):
+        if limit is not None and count >= limit:
+            break
+        try:
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    continue
+            with open(path, "w") as f:
+                f.write("1")
+            count += 1
+        except OSError as exc:
+            logger.debug("cannot online", extra={"path": path, "error": str(exc)})
+    return count
+
+
+def online_cpus(wanted: int) -> int:
+    return _online_all(f"{SYSFS_CPU}/cpu[0-9]*/online", wanted or None)
+
+
+def online_memory() -> int:
+    return _online_all(f"{SYSFS_MEMORY}/memory[0-9]*/online")
+
+
+def seccomp_supported() -> bool:
+    """The kernel offers seccomp filters (the OCI runtime applies them)."""
+    try:
+        with open("/proc/self/status") as f:
+            return any(line.startswith("Seccomp:") for line in f)
+    except OSError:
+        return False

@@ -1,0 +1,171 @@
+"""JSON-lines logging in the Kata agent's shape.
+
+Every record is one JSON object: ``ts`` (RFC 3339, UTC, microseconds), ``level``, ``msg``,
+``pid``, ``name`` (kata-agent), ``source`` (agent), ``subsystem`` (from the logger name
+``kata-agent.<subsystem>``) and any ``extra=`` context such as ``container`` or ``exec_id``.
+Records go to stderr (the console), or, with ``agent.log_vport``, to the first client of a
+vsock listener, as Kata does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import socket
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from pykata.agent.config import TRACE
+
+NAME = "kata-agent"
+ROOT_LOGGER = "kata-agent"
+
+LEVEL_NAMES = {
+    TRACE: "trace",
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+# LogRecord attributes that are not caller context.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def rfc3339(created: float) -> str:
+    return datetime.fromtimestamp(created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name
+        if name.startswith(ROOT_LOGGER + "."):
+            subsystem = name[len(ROOT_LOGGER) + 1 :]
+        elif name == ROOT_LOGGER:
+            subsystem = "root"
+        else:
+            subsystem = name
+        entry: dict[str, Any] = {
+            "ts": rfc3339(record.created),
+            "level": LEVEL_NAMES.get(record.levelno, record.levelname.lower()),
+            "msg": record.getMessage(),
+            "pid": record.process,
+            "name": NAME,
+            "source": "agent",
+            "subsystem": subsystem,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class StreamHandler(logging.Handler):
+    """Writes formatted lines to a text stream; a failing console never breaks the agent."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+            self.stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class SocketLogHandler(logging.Handler):
+    """Streams log lines to the client of a listening socket (the log vport).
+
+    A thread accepts one client at a time and sends queued lines to it; lines logged before
+    a client arrives wait in a bounded queue (the oldest are dropped when it is full) so
+    logging never blocks the agent.
+    """
+
+    QUEUE_LINES = 10000
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__()
+        self._listener = listener
+        self._lines: queue.Queue[bytes] = queue.Queue(self.QUEUE_LINES)
+        self._thread = threading.Thread(target=self._serve, name="log-vport", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (self.format(record) + "\n").encode()
+        except Exception:
+            self.handleError(record)
+            return
+        while True:
+            try:
+                self._lines.put_nowait(line)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._lines.get_nowait()
+
+    def _serve(self) -> None:
+        pending: bytes | None = None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    while True:
+                        if pending is None:
+                            pending = self._lines.get()
+                        conn.sendall(pending)
+                        pending = None
+                except OSError:
+                    continue
+
+
+def vsock_listener(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.bind((socket.VMADDR_CID_ANY, port))
+    sock.listen(1)
+    return sock
+
+
+def setup(level: int, *, log_vport: int = 0, stream: TextIO | None = None) -> logging.Logger:
+    """Configure the ``kata-agent`` logger tree (and ``ttrpc``) and return the root logger."""
+    logging.addLevelName(TRACE, "TRACE")
+    handler: logging.Handler
+    errors: list[str] = []
+    if log_vport:
+        try:
+            handler = SocketLogHandler(vsock_listener(log_vport))
+        except OSError as exc:
+            errors.append(f"cannot listen on log vport {log_vport}: {exc}; logging to console")
+            handler = StreamHandler(stream or sys.stderr)
+    else:
+        handler = StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    for name in (ROOT_LOGGER, "ttrpc"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+    root = logging.getLogger(ROOT_LOGGER)
+    for error in errors:
+        root.error(error)
+    return root
+
+
+def get(subsystem: str) -> logging.Logger:
+    return logging.getLogger(f"{ROOT_LOGGER}.{subsystem}")

@@ -1,0 +1,122 @@
+"""Sandbox-wide namespaces that every container of the pod joins.
+
+IPC and UTS namespaces are made persistent the Kata way: a throw-away thread unshares them
+(namespaces belong to the thread) and its ``/proc/<pid>/task/<tid>/ns/<kind>`` file is
+bind-mounted onto a file under ``/run/kata-containers/sandbox/ns``, which keeps the namespace
+alive after the thread ends. A PID namespace cannot be unshared by a running process for
+itself, so the sandbox PID namespace is held by a tiny process (``sleep infinity`` started by
+``unshare --pid --fork``), whose ``/proc/<pid>/ns/pid`` containers join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import threading
+
+from pykata.agent import log
+from pykata.agent.mount import MS_BIND, mount, umount_all
+from pykata.agent.reaper import Reaper
+from pykata.ttrpc.errors import FailedPrecondition
+
+logger = log.get("namespace")
+
+NS_DIR = "/run/kata-containers/sandbox/ns"
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+FLAGS = {"ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _persist_in_thread(kind: str, target: str, hostname: str, result: list[BaseException]) -> None:
+    try:
+        if _libc.unshare(FLAGS[kind]) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare({kind}): {os.strerror(err)}")
+        if kind == "uts" and hostname:
+            # Only this thread's new UTS namespace is touched, never the VM's (or host's).
+            name = hostname.encode()
+            if _libc.sethostname(name, len(name)) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"sethostname: {os.strerror(err)}")
+        source = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/{kind}"
+        mount(source, target, None, MS_BIND)
+    except BaseException as exc:
+        result.append(exc)
+
+
+def persist(kind: str, hostname: str = "") -> str:
+    """A new ``kind`` namespace pinned at NS_DIR/<kind>; returns that path."""
+    os.makedirs(NS_DIR, exist_ok=True)
+    target = os.path.join(NS_DIR, kind)
+    umount_all(target)
+    with open(target, "w"):
+        pass
+    errors: list[BaseException] = []
+    # A dedicated thread: its namespaces die with it unless pinned; the loop's stay intact.
+    thread = threading.Thread(target=_persist_in_thread, args=(kind, target, hostname, errors))
+    thread.start()
+    thread.join()
+    if errors:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise errors[0]
+    return target
+
+
+def release(path: str) -> None:
+    umount_all(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _first_child(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = f.read().split()
+    except OSError:
+        return 0
+    return int(children[0]) if children else 0
+
+
+class PidNamespaceHolder:
+    def __init__(self, reaper: Reaper) -> None:
+        self._reaper = reaper
+        self.parent = 0
+        self.pid = 0
+
+    async def start(self) -> str:
+        unshare = shutil.which("unshare")
+        sleep = shutil.which("sleep")
+        if unshare is None or sleep is None:
+            raise FailedPrecondition("sandbox_pidns needs unshare(1) and sleep(1) in the guest")
+        self.parent = self._reaper.spawn(
+            [unshare, "--pid", "--fork", "--kill-child", sleep, "infinity"]
+        )
+        for _ in range(500):
+            self.pid = _first_child(self.parent)
+            if self.pid:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            await self.stop()
+            raise FailedPrecondition("the sandbox pid namespace holder did not start")
+        return f"/proc/{self.pid}/ns/pid"
+
+    async def stop(self) -> None:
+        if not self.parent:
+            return
+        exited = self._reaper.watch(self.parent)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.parent, signal.SIGKILL)
+        # --kill-child takes the holder down with unshare; it re-parents to us and is reaped.
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        await exited
+        self.parent = self.pid = 0

@@ -1,0 +1,213 @@
+"""What the agent does as the guest's init (PID 1), or as a subreaper when it is not.
+
+As PID 1: the base filesystems, cgroups, loopback up, session leader, kernel modules from
+modules-load.d, and at the end sync + power off. Otherwise (systemd image, host tests): become
+a child subreaper so container processes re-parent to us, and simply exit at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import glob
+import os
+import socket
+import struct
+import subprocess
+
+from pykata.agent import log
+from pykata.agent.mount import (
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RELATIME,
+    fstype_of,
+    mount,
+)
+
+logger = log.get("init")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+PR_SET_CHILD_SUBREAPER = 36
+RB_POWER_OFF = 0x4321FEDC
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+# (source, target, fstype, flags, data), in mount order.
+BASE_MOUNTS: list[tuple[str, str, str, int, str]] = [
+    ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+    ("dev", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+    ("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+    ("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+    ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+]
+
+CGROUP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
+CGROUP_V1_CONTROLLERS = [
+    "cpu,cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls,net_prio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "blkio",
+    "rdma",
+]
+MODULES_LOAD_DIRS = ["/etc/modules-load.d", "/usr/lib/modules-load.d"]
+
+
+def is_pid1() -> bool:
+    return os.getpid() == 1
+
+
+def _mount_once(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    os.makedirs(target, exist_ok=True)
+    if fstype_of(target) == fstype:
+        return
+    try:
+        mount(source, target, fstype, flags, data)
+    except OSError as exc:
+        logger.error("mount failed", extra={"target": target, "error": str(exc)})
+
+
+def mount_base() -> None:
+    # /proc must come first: fstype_of() reads /proc/self/mountinfo.
+    source, target, fstype, flags, data = BASE_MOUNTS[0]
+    os.makedirs(target, exist_ok=True)
+    with contextlib.suppress(OSError):
+        mount(source, target, fstype, flags, data)
+    for entry in BASE_MOUNTS[1:]:
+        _mount_once(*entry)
+    with contextlib.suppress(FileNotFoundError):
+        if not os.path.islink("/dev/ptmx"):
+            os.unlink("/dev/ptmx")
+    with contextlib.suppress(FileExistsError):
+        os.symlink("pts/ptmx", "/dev/ptmx")
+
+
+def mount_cgroups(v2: bool) -> None:
+    if v2:
+        _mount_once("cgroup2", "/sys/fs/cgroup", "cgroup2", CGROUP_FLAGS, "nsdelegate")
+        enable_controllers("/sys/fs/cgroup")
+        return
+    _mount_once("tmpfs", "/sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+    available = _v1_controllers()
+    for group in CGROUP_V1_CONTROLLERS:
+        names = [n for n in group.split(",") if n in available]
+        if not names:
+            continue
+        target = "/sys/fs/cgroup/" + ",".join(names)
+        _mount_once("cgroup", target, "cgroup", CGROUP_FLAGS, ",".join(names))
+        for name in names:
+            if name != os.path.basename(target):
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(os.path.basename(target), f"/sys/fs/cgroup/{name}")
+
+
+def _v1_controllers() -> set[str]:
+    names = set()
+    with contextlib.suppress(OSError), open("/proc/cgroups") as f:
+        for line in f:
+            fields = line.split()
+            if fields and not line.startswith("#") and fields[-1] == "1":
+                names.add(fields[0])
+    return names
+
+
+def enable_controllers(root: str) -> None:
+    """Delegate every available controller to child cgroups (containers need them)."""
+    try:
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            controllers = f.read().split()
+    except OSError as exc:
+        logger.error("cannot read cgroup controllers", extra={"error": str(exc)})
+        return
+    for name in controllers:
+        try:
+            with open(os.path.join(root, "cgroup.subtree_control"), "w") as f:
+                f.write(f"+{name}")
+        except OSError as exc:
+            logger.warning(
+                "cannot enable cgroup controller", extra={"controller": name, "error": str(exc)}
+            )
+
+
+def loopback_up() -> None:
+    """ifconfig lo up with one ioctl: pyroute2 costs too much memory to import at start."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def modules_to_load() -> list[str]:
+    """Module names from modules-load.d(5) files: one per line, # and ; start comments."""
+    names: list[str] = []
+    seen: set[str] = set()
+    files: dict[str, str] = {}
+    for directory in MODULES_LOAD_DIRS:
+        for path in sorted(glob.glob(os.path.join(directory, "*.conf"))):
+            # Same file name in /etc overrides /usr/lib, as systemd-modules-load does.
+            files.setdefault(os.path.basename(path), path)
+    for base in sorted(files):
+        try:
+            with open(files[base]) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name = line.strip()
+            if name and name[0] not in "#;" and name not in seen:
+                seen.add(name)
+                names.append(name)
+    return names
+
+
+def load_modules(names: list[str]) -> None:
+    """modprobe each module; runs before the reaper exists, so waiting here is safe."""
+    for name in names:
+        try:
+            done = subprocess.run(["modprobe", name], capture_output=True, check=False)
+        except OSError as exc:
+            logger.error("modprobe unavailable", extra={"module": name, "error": str(exc)})
+            return
+        if done.returncode != 0:
+            logger.error(
+                "modprobe failed",
+                extra={"module": name, "error": done.stderr.decode(errors="replace")},
+            )
+
+
+def set_child_subreaper() -> None:
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        logger.error("PR_SET_CHILD_SUBREAPER failed", extra={"error": os.strerror(err)})
+
+
+def init(cgroup_v2: bool) -> None:
+    """PID 1 set-up; each step logs its own failure and the next one still runs."""
+    mount_base()
+    mount_cgroups(cgroup_v2)
+    with contextlib.suppress(PermissionError):
+        os.setsid()
+    try:
+        loopback_up()
+    except OSError as exc:
+        logger.error("cannot bring lo up", extra={"error": str(exc)})
+    load_modules(modules_to_load())
+
+
+def power_off() -> None:
+    """sync and power the VM off; only returns if the kernel refused."""
+    os.sync()
+    if _libc.reboot(RB_POWER_OFF) != 0:
+        logger.critical(
+            "reboot(RB_POWER_OFF) failed", extra={"error": os.strerror(ctypes.get_errno())}
+        )

@@ -1,0 +1,203 @@
+"""The sandbox: the pod-wide state every RPC works on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pykata.agent import log, namespaces
+from pykata.agent.config import AgentConfig
+from pykata.agent.mount import MS_BIND, mount, umount
+from pykata.agent.reaper import Reaper
+from pykata.agent.storage.manager import StorageManager, StorageSpec
+from pykata.agent.validation import CONTAINER_BASE, validate_sandbox_id
+from pykata.ttrpc.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+if TYPE_CHECKING:
+    from pykata.agent.container.container import Container
+
+logger = log.get("sandbox")
+
+SANDBOX_DIR = f"{CONTAINER_BASE}/sandbox"
+RESOLV_CONF = f"{SANDBOX_DIR}/resolv.conf"
+GUEST_RESOLV_CONF = "/etc/resolv.conf"
+MAX_HOSTNAME = 64
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class KernelModule:
+    name: str
+    parameters: list[str] = field(default_factory=list)
+
+
+def own_mount_namespace() -> bool:
+    """True when mounting over /etc is ours to do: we are init or have a private mount ns."""
+    if os.getpid() == 1:
+        return True
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return False
+
+
+class Sandbox:
+    def __init__(self, config: AgentConfig, reaper: Reaper) -> None:
+        self.config = config
+        self.reaper = reaper
+        self.storages = StorageManager()
+        self.id: str | None = None
+        self.hostname = ""
+        self.running = False
+        self.containers: dict[str, Container] = {}
+        self.namespaces: dict[str, str] = {}
+        self.oom_events: asyncio.Queue[str] = asyncio.Queue()
+        self.mounts: list[str] = []  # mount points of the sandbox-level storages
+        self.dns: list[str] = []
+        # Set once DestroySandbox has answered: main() then stops the agent.
+        self.destroyed = asyncio.Event()
+        self._pidns: namespaces.PidNamespaceHolder | None = None
+        self._resolv_mounted = False
+        self._lock = asyncio.Lock()
+
+    def get_container(self, cid: str) -> Container:
+        try:
+            return self.containers[cid]
+        except KeyError:
+            raise NotFound(f"container {cid} not found") from None
+
+    async def create(
+        self,
+        *,
+        sandbox_id: str,
+        hostname: str,
+        dns: list[str],
+        storages: list[StorageSpec],
+        sandbox_pidns: bool,
+        kernel_modules: list[KernelModule],
+        guest_hook_path: str,
+    ) -> None:
+        if sandbox_id:
+            validate_sandbox_id(sandbox_id)
+        if len(hostname.encode()) > MAX_HOSTNAME or "\0" in hostname:
+            raise InvalidArgument(f"invalid hostname {hostname!r}")
+        for line in dns:
+            if "\n" in line or "\0" in line:
+                raise InvalidArgument(f"invalid dns entry {line!r}")
+        for module in kernel_modules:
+            if not _MODULE_NAME.fullmatch(module.name):
+                raise InvalidArgument(f"invalid kernel module name {module.name!r}")
+            if any(p.startswith("-") or "\0" in p for p in module.parameters):
+                raise InvalidArgument(f"invalid parameters for kernel module {module.name}")
+        async with self._lock:
+            if self.running:
+                raise AlreadyExists("the sandbox is already created")
+            os.makedirs(SANDBOX_DIR, exist_ok=True)
+            try:
+                for module in kernel_modules:
+                    await self._load_module(module)
+                self.namespaces["ipc"] = namespaces.persist("ipc")
+                self.namespaces["uts"] = namespaces.persist("uts", hostname)
+                self.mounts = await self.storages.add(storages)
+                if guest_hook_path:
+                    logger.info(
+                        "guest hooks are not supported, ignored",
+                        extra={"guest_hook_path": guest_hook_path},
+                    )
+                self._setup_dns(dns)
+                if sandbox_pidns:
+                    self._pidns = namespaces.PidNamespaceHolder(self.reaper)
+                    self.namespaces["pid"] = await self._pidns.start()
+            except BaseException:
+                await self._teardown()
+                raise
+            self.id = sandbox_id or None
+            self.hostname = hostname
+            self.dns = list(dns)
+            self.running = True
+            logger.info("sandbox created", extra={"sandbox": sandbox_id})
+
+    async def _load_module(self, module: KernelModule) -> None:
+        try:
+            code, _, err = await self.reaper.run(
+                ["modprobe", module.name, *module.parameters], timeout=60
+            )
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot run modprobe: {exc}") from exc
+        if code != 0:
+            raise FailedPrecondition(
+                f"modprobe {module.name} failed: {err.decode(errors='replace').strip()}"
+            )
+
+    def _setup_dns(self, dns: list[str]) -> None:
+        if not dns:
+            return
+        with open(RESOLV_CONF, "w") as f:
+            f.write("".join(line + "\n" for line in dns))
+        if not own_mount_namespace():
+            logger.info(
+                "not the guest's init: /etc/resolv.conf left alone",
+                extra={"resolv_conf": RESOLV_CONF},
+            )
+            return
+        mount(RESOLV_CONF, GUEST_RESOLV_CONF, None, MS_BIND)
+        self._resolv_mounted = True
+
+    async def destroy(self) -> None:
+        """Tear everything down; every step runs even if an earlier one failed."""
+        async with self._lock:
+            for cid, container in list(self.containers.items()):
+                try:
+                    await container.destroy()
+                except Exception:
+                    logger.exception("cannot destroy container", extra={"container": cid})
+                self.containers.pop(cid, None)
+            await self._teardown()
+            self.running = False
+            logger.info("sandbox destroyed", extra={"sandbox": self.id})
+
+    async def _teardown(self) -> None:
+        steps: list[tuple[str, Any]] = [
+            ("storages", self.storages.remove_all),
+            ("pid namespace", self._stop_pidns),
+            ("namespaces", self._release_namespaces),
+            ("resolv.conf", self._release_dns),
+        ]
+        for what, step in steps:
+            try:
+                result = step()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                logger.exception("sandbox cleanup step failed", extra={"step": what})
+        self.mounts = []
+        with contextlib.suppress(OSError):
+            os.rmdir(namespaces.NS_DIR)
+
+    async def _stop_pidns(self) -> None:
+        if self._pidns is not None:
+            await self._pidns.stop()
+            self._pidns = None
+        self.namespaces.pop("pid", None)
+
+    def _release_namespaces(self) -> None:
+        for kind in ("ipc", "uts"):
+            path = self.namespaces.pop(kind, None)
+            if path is not None:
+                namespaces.release(path)
+
+    def _release_dns(self) -> None:
+        if self._resolv_mounted:
+            umount(GUEST_RESOLV_CONF)
+            self._resolv_mounted = False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(RESOLV_CONF)

@@ -1,0 +1,23 @@
+"""The ttRPC server with every service the agent answers wired in."""
+
+from __future__ import annotations
+
+from pykata.agent.rpc.containers import ContainerHandlers
+from pykata.agent.rpc.health import HealthHandlers
+from pykata.agent.rpc.processes import ProcessHandlers
+from pykata.agent.rpc.sandbox import SandboxHandlers
+from pykata.agent.sandbox import Sandbox
+from pykata.protocols import agent_pb2, health_pb2
+from pykata.ttrpc import Server
+
+
+def build(sandbox: Sandbox) -> Server:
+    server = Server()
+    server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], HealthHandlers())
+    server.register(
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+        SandboxHandlers(sandbox),
+        ContainerHandlers(sandbox),
+        ProcessHandlers(sandbox),
+    )
+    return server

@@ -1,0 +1,62 @@
+"""``ephemeral``: a tmpfs (or hugetlbfs when fstype says so) private to the sandbox.
+
+``fsgid=<gid>`` makes it group-owned and setgid; for hugetlbfs, ``pagesize=`` and ``size=``
+(bytes) first reserve the pages through sysfs, as Kata does.
+"""
+
+from __future__ import annotations
+
+from pykata.agent import log
+from pykata.agent.mount import mount, parse_options
+from pykata.agent.storage.manager import (
+    Attached,
+    StorageSpec,
+    prepare_mount_point,
+    undone_on_error,
+)
+from pykata.agent.storage.options import FSGID, option_map, parse_gid, set_fsgid
+
+logger = log.get("storage")
+
+HUGEPAGES = "/sys/kernel/mm/hugepages"
+
+
+def reserve_hugepages(options: list[str]) -> None:
+    sizes: dict[str, int] = {}
+    for option in options:
+        for item in option.split(","):
+            key, sep, value = item.strip().partition("=")
+            if sep and key in ("pagesize", "size"):
+                sizes[key] = int(value)
+    if "pagesize" not in sizes or "size" not in sizes:
+        raise ValueError("hugetlbfs storage needs pagesize= and size= options")
+    pagesize, size = sizes["pagesize"], sizes["size"]
+    if pagesize <= 0 or pagesize % 1024 or size < 0:
+        raise ValueError(f"bad hugepage sizes pagesize={pagesize} size={size}")
+    path = f"{HUGEPAGES}/hugepages-{pagesize // 1024}kB/nr_hugepages"
+    wanted = size // pagesize
+    with open(path, "w") as f:
+        f.write(str(wanted))
+    with open(path) as f:
+        got = int(f.read().strip() or 0)
+    if got != wanted:
+        raise OSError(f"only {got} of {wanted} hugepages of {pagesize} bytes allocated")
+
+
+def attach(spec: StorageSpec, cid: str | None) -> Attached:
+    fstype = spec.fstype or "tmpfs"
+    if fstype not in ("tmpfs", "hugetlbfs"):
+        raise ValueError(f"ephemeral storage with fstype {fstype!r}")
+    opts = option_map(spec.options)
+    gid = parse_gid(opts[FSGID]) if FSGID in opts else None
+    mount_options = [o for o in spec.options if not o.startswith(FSGID + "=")]
+    if fstype == "hugetlbfs":
+        reserve_hugepages(mount_options)
+    flags, data = parse_options(mount_options)
+    attached = Attached(spec.mount_point, created=prepare_mount_point(spec.mount_point))
+    with undone_on_error(attached):
+        mount(spec.source or fstype, spec.mount_point, fstype, flags, data)
+        attached.mounted = True
+        if gid is not None:
+            set_fsgid(spec.mount_point, gid)
+    return attached

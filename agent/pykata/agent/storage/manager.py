@@ -1,0 +1,238 @@
+"""Sandbox storages: validated, mounted by their driver, ref-counted by mount point.
+
+Several containers may name the same storage (the shared virtio-fs, a pod volume): the first
+``add`` mounts it, later ones only take a reference, and the last ``remove`` unmounts it and
+removes the directory the agent created for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pykata.agent import log
+from pykata.agent.mount import mount_points, umount_all
+from pykata.agent.validation import CONTAINER_BASE, validate_under
+from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, TtrpcError
+
+logger = log.get("storage")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    driver: str
+    driver_options: list[str] = field(default_factory=list)
+    source: str = ""
+    fstype: str = ""
+    options: list[str] = field(default_factory=list)
+    mount_point: str = ""
+    fs_group: int | None = None  # gid for fsGroup ownership; not applied yet
+
+
+@dataclass
+class Attached:
+    """What a driver did for one storage, so that it can be undone exactly."""
+
+    mount_point: str
+    mounted: bool = False  # the agent mounted something on mount_point
+    created: list[str] = field(default_factory=list)  # directories made, deepest first
+    remove_tree: bool = False  # the directory's content is the storage itself (local)
+
+
+Driver = Callable[[StorageSpec, "str | None"], Attached]
+
+
+@dataclass
+class _Entry:
+    attached: Attached
+    driver: str
+    refs: int = 1
+
+
+def _normal(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def make_dirs(path: str) -> list[str]:
+    """mkdir -p ``path``; returns the directories created, deepest first."""
+    created: list[str] = []
+    current = path
+    while not os.path.isdir(current):
+        created.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(created):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o755)
+    return created
+
+
+def check_no_symlinks(path: str) -> None:
+    """Refuse a mount point reached through a symlink (the host can plant links via CopyFile)."""
+    if os.path.realpath(path) != os.path.normpath(path):
+        raise InvalidArgument(f"{path} resolves through a symlink")
+
+
+def prepare_mount_point(path: str) -> list[str]:
+    created = make_dirs(path)
+    check_no_symlinks(path)
+    return created
+
+
+def _is_mount_below(path: str) -> bool:
+    prefix = path.rstrip("/") + "/"
+    return any(point.startswith(prefix) for point, _ in mount_points())
+
+
+@contextlib.contextmanager
+def undone_on_error(attached: Attached) -> Iterator[Attached]:
+    """Undo the partial work recorded in ``attached`` if the block fails."""
+    try:
+        yield attached
+    except BaseException:
+        with contextlib.suppress(OSError):
+            detach(attached)
+        raise
+
+
+def detach(attached: Attached) -> None:
+    """Undo what a driver did: unmount, then remove what was created (never across mounts)."""
+    path = attached.mount_point
+    if attached.mounted:
+        umount_all(path)
+    if attached.remove_tree and os.path.isdir(path):
+        if _is_mount_below(path):
+            logger.warning(
+                "storage directory still has mounts below it, kept", extra={"mount_point": path}
+            )
+            return
+        shutil.rmtree(path, ignore_errors=True)
+    for path in attached.created:
+        try:
+            if os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: someone else uses it now
+            break
+
+
+class StorageManager:
+    def __init__(self) -> None:
+        from pykata.agent.storage import drivers
+
+        self._drivers = drivers()
+        self._entries: dict[str, _Entry] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def driver_names(self) -> list[str]:
+        return sorted(self._drivers)
+
+    def refs(self, mount_point: str) -> int:
+        entry = self._entries.get(_normal(mount_point))
+        return entry.refs if entry else 0
+
+    def _validate(self, spec: StorageSpec) -> tuple[Driver, str]:
+        driver = self._drivers.get(spec.driver)
+        if driver is None:
+            raise InvalidArgument(f"unsupported storage driver {spec.driver!r}")
+        return driver, validate_under(spec.mount_point, CONTAINER_BASE)
+
+    async def add(self, specs: list[StorageSpec], *, cid: str | None = None) -> list[str]:
+        """Attach every storage (or take a reference); all-or-nothing; the mount points."""
+        async with self._lock:
+            checked = [self._validate(spec) for spec in specs]
+            done: list[str] = []
+            try:
+                for spec, (driver, mount_point) in zip(specs, checked, strict=True):
+                    entry = self._entries.get(mount_point)
+                    if entry is not None:
+                        if entry.driver != spec.driver:
+                            raise FailedPrecondition(
+                                f"{mount_point} is already a {entry.driver!r} storage"
+                            )
+                        entry.refs += 1
+                    else:
+                        attached = self._attach(driver, spec, mount_point, cid)
+                        self._entries[mount_point] = _Entry(attached, spec.driver)
+                        logger.info(
+                            "storage added",
+                            extra={"driver": spec.driver, "mount_point": mount_point},
+                        )
+                    done.append(mount_point)
+            except BaseException:
+                for mount_point in reversed(done):
+                    self._release(mount_point)
+                raise
+            return done
+
+    @staticmethod
+    def _attach(driver: Driver, spec: StorageSpec, mount_point: str, cid: str | None) -> Attached:
+        normal = StorageSpec(
+            driver=spec.driver,
+            driver_options=list(spec.driver_options),
+            source=spec.source,
+            fstype=spec.fstype,
+            options=list(spec.options),
+            mount_point=mount_point,
+            fs_group=spec.fs_group,
+        )
+        try:
+            return driver(normal, cid)
+        except TtrpcError:
+            raise
+        except OSError as exc:
+            raise FailedPrecondition(f"{spec.driver} storage at {mount_point}: {exc}") from exc
+        except ValueError as exc:
+            raise InvalidArgument(f"{spec.driver} storage at {mount_point}: {exc}") from exc
+
+    def _release(self, mount_point: str) -> None:
+        entry = self._entries.get(mount_point)
+        if entry is None:
+            return
+        entry.refs -= 1
+        if entry.refs > 0:
+            return
+        del self._entries[mount_point]
+        try:
+            detach(entry.attached)
+        except OSError as exc:
+            logger.error(
+                "cannot clean storage up", extra={"mount_point": mount_point, "error": str(exc)}
+            )
+            raise FailedPrecondition(f"cannot clean storage {mount_point} up: {exc}") from exc
+        logger.info("storage removed", extra={"mount_point": mount_point})
+
+    async def remove(self, mount_points: list[str]) -> None:
+        """Drop one reference to each; unknown mount points are ignored (already gone)."""
+        async with self._lock:
+            errors: list[str] = []
+            for mount_point in mount_points:
+                try:
+                    self._release(_normal(mount_point))
+                except TtrpcError as exc:
+                    errors.append(exc.message)
+            if errors:
+                raise FailedPrecondition("; ".join(errors))
+
+    async def remove_all(self) -> None:
+        async with self._lock:
+            errors: list[str] = []
+            # Newest first: a later storage may sit on top of an earlier one.
+            for mount_point in reversed(list(self._entries)):
+                self._entries[mount_point].refs = 1
+                try:
+                    self._release(mount_point)
+                except TtrpcError as exc:
+                    errors.append(exc.message)
+            if errors:
+                raise FailedPrecondition("; ".join(errors))

@@ -1,0 +1,35 @@
+"""``virtio-fs``: mount a virtio-fs tag (``source``, e.g. kataShared) on the mount point."""
+
+from __future__ import annotations
+
+from pykata.agent import log
+from pykata.agent.mount import fstype_of, mount, parse_options
+from pykata.agent.storage.manager import (
+    Attached,
+    StorageSpec,
+    prepare_mount_point,
+    undone_on_error,
+)
+
+logger = log.get("storage")
+
+FSTYPE = "virtiofs"
+# The runtime may have mounted the shared fs itself before the agent asks (Kata's premount).
+PREMOUNT_TAG = "kataShared"
+
+
+def attach(spec: StorageSpec, cid: str | None) -> Attached:
+    if not spec.source:
+        raise ValueError("virtio-fs storage needs a tag as source")
+    if spec.fstype not in ("", FSTYPE):
+        raise ValueError(f"virtio-fs storage with fstype {spec.fstype!r}")
+    created = prepare_mount_point(spec.mount_point)
+    if spec.source == PREMOUNT_TAG and fstype_of(spec.mount_point) == FSTYPE:
+        logger.warning("shared fs already mounted, kept", extra={"mount_point": spec.mount_point})
+        return Attached(spec.mount_point, mounted=False, created=created)
+    flags, data = parse_options(spec.options)
+    attached = Attached(spec.mount_point, created=created)
+    with undone_on_error(attached):
+        mount(spec.source, spec.mount_point, FSTYPE, flags, data)
+        attached.mounted = True
+    return attached
