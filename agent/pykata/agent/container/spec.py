@@ -99,6 +99,6 @@ def _mount(mount: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument(f"mount destination {dest!r} must be absolute without '..'")
     source = mount.get("source", "")
     # Sources in Kata's tree (shared dir, storages) must not climb out of it.
-    if source.startswith(CONTAINER_BASE + "/") or ".." in source.split("/"):
+    if source.startswith(CONTAINER_BASE) or ".." in source.split("/"):
         mount = {**mount, "source": validate_under(source, CONTAINER_BASE)}
     return mount

@@ -64,6 +64,7 @@ def from_dict(data: dict[str, Any], message: Message) -> Message:
             else:
                 target.extend(value)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            target.SetInParent()
             from_dict(value, target)
         else:
             setattr(message, field.name, value)
