@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -110,3 +114,36 @@ def test_no_agent_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
         argv = ["connect", "--server-address", f"unix://{tmp}/none", "--timeout", "0.3"]
         assert main([*argv, "-c", "Check"]) == ExitCode.CONNECTION
     assert "cannot connect to" in capsys.readouterr().err
+
+
+def ctl_command() -> list[str]:
+    return [sys.executable, "-m", "pykata.host.ctl.main"]
+
+
+def test_interactive_shell_runs_lines_and_completes_names(address: str) -> None:
+    # A real terminal, so readline is active: "Chec<TAB>" must complete to Check.
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(
+        [*ctl_command(), "connect", "--server-address", address, "--interactive"],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    ) as proc:
+        os.close(secondary)
+        os.write(primary, b"Chec\t\nBogus\nsleep x\nlist\nquit\n")
+        output = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert proc.wait(timeout=30) == ExitCode.OK
+    os.close(primary)
+    text = output.decode()
+    assert '"status": "SERVING"' in text
+    assert "unknown method 'Bogus'" in text
+    assert "sleep: give a number of seconds" in text
+    assert "StatsContainer" in text  # from `list`

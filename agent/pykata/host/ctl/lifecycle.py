@@ -84,6 +84,5 @@ async def destroy_sandbox(session: Session, state_file: StateFile) -> None:
     await session.agent_empty("DestroySandbox", agent_pb2.DestroySandboxRequest())
     state = state_file.load()
     for record in state.containers.values():
-        if record.mount is not None:
-            unshare_rootfs(Path(record.mount))
+        unshare_rootfs(Path(record.mount))
     state_file.remove()

@@ -63,7 +63,7 @@ async def ensure_sandbox(session: Session, target: Target, state_file: StateFile
             request = agent_pb2.CreateSandboxRequest(
                 hostname=HOSTNAME,
                 sandbox_id=sandbox_id,
-                storages=[SHARED_STORAGE] if target.is_vm else [],
+                storages=[SHARED_STORAGE] if target.virtio_fs else [],
             )
             with contextlib.suppress(AlreadyExists):
                 await session.agent_empty("CreateSandbox", request)
@@ -91,7 +91,7 @@ async def run_container(
             args=process.args,
             created=time.time(),
             owner_pid=os.getpid(),
-            mount=None if mount is None else str(mount),
+            mount=str(mount),
         )
     try:
         spec = build_spec(process.options(), root_path, HOSTNAME)
@@ -116,7 +116,7 @@ async def remove_container(session: Session, state_file: StateFile, container_id
         )
     with state_file.update() as state:
         record = state.containers.pop(container_id, None)
-        if record is not None and record.mount is not None:
+        if record is not None:
             unshare_rootfs(Path(record.mount))
 
 

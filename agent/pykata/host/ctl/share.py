@@ -1,16 +1,18 @@
 """Making a host folder the root of a container in the guest.
 
-For a VM the folder is bind-mounted into the host side of the kataShared virtio-fs share,
-at <cid>/rootfs, where the guest sees it under /run/kata-containers/shared/containers/ as
-with Kata. An agent running on the host itself sees the folder directly.
+The folder is bind-mounted at <cid>/rootfs in the host folder the agent sees as
+/run/kata-containers/shared/containers: for a VM the host side of the kataShared virtio-fs
+share (as Kata does), for an agent on this host that very path.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
 
-from pykata.host.ctl.errors import CtlError
+from pykata.host.ctl.errors import CtlError, UsageError
 from pykata.host.ctl.target import GUEST_SHARED_DIR, Target
 
 
@@ -18,10 +20,12 @@ class ShareError(CtlError):
     pass
 
 
-def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, Path | None]:
-    """Returns the root path the guest sees and the host mount made for it (None: none)."""
+def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, Path]:
+    """Returns the root path the agent sees and the host mount made for it."""
     if target.shared_dir is None:
-        return str(rootfs.resolve()), None
+        raise UsageError(
+            f"no shared folder is known for {target.address}: use a VM target or a unix:// agent"
+        )
     mount_point = target.shared_dir / container_id / "rootfs"
     mount_point.mkdir(parents=True, exist_ok=True)
     _run(["mount", "--bind", str(rootfs), str(mount_point)])
@@ -29,10 +33,22 @@ def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, 
 
 
 def unshare_rootfs(mount_point: Path) -> None:
-    if mount_point.is_mount():
+    # A bind mount from the same filesystem has the parent's st_dev: ask the mount table.
+    if is_mount_point(mount_point):
         _run(["umount", "--lazy", str(mount_point)])
     mount_point.rmdir()
     mount_point.parent.rmdir()
+
+
+def is_mount_point(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mountinfo:
+        return any(_unescape(line.split()[4]) == target for line in mountinfo)
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _run(argv: list[str]) -> None:

@@ -23,7 +23,7 @@ class ContainerRecord:
     args: list[str]
     created: float  # time.time()
     owner_pid: int  # the `run` process streaming its stdio and removing it at the end
-    mount: str | None = None  # host bind mount made for it, undone on removal
+    mount: str  # the host bind mount of its rootfs, undone on removal
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Which agent the verbs talk to, and where a VM's shared folder and logs are on the host."""
+"""Which agent the verbs talk to, and where the folder the guest shares with us is on the host."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# The guest mounts the kataShared virtio-fs here; container rootfs go in <cid>/rootfs below it.
+# Where the agent expects container roots (it refuses any outside /run/kata-containers); in
+# a VM the kataShared virtio-fs is mounted here.
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers"
 
 
@@ -15,17 +16,17 @@ GUEST_SHARED_DIR = "/run/kata-containers/shared/containers"
 class Target:
     address: str
     name: str  # names the CLI's state file for this agent
-    shared_dir: Path | None = None  # host side of the guest's kataShared folder (VM only)
+    # The host folder the agent sees as GUEST_SHARED_DIR; None when unknown (a bare vsock).
+    shared_dir: Path | None = None
+    virtio_fs: bool = False  # the sandbox must mount the kataShared virtio-fs storage
     console_log: Path | None = None
-
-    @property
-    def is_vm(self) -> bool:
-        return self.shared_dir is not None
 
 
 def address_target(address: str) -> Target:
     digest = hashlib.sha256(address.encode()).hexdigest()[:16]
-    return Target(address=address, name=f"addr-{digest}")
+    # An agent on a unix socket runs on this host and sees our /run/kata-containers itself.
+    shared = Path(GUEST_SHARED_DIR) if address.startswith("unix://") else None
+    return Target(address=address, name=f"addr-{digest}", shared_dir=shared)
 
 
 def state_root() -> Path:
