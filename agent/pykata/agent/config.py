@@ -69,7 +69,10 @@ class AgentConfig:
     def public(self) -> dict[str, Any]:
         """The settings as plain values (for the announce record)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "warnings"}
-        out["log_level"] = logging.getLevelName(self.log_level).lower()
+        out["log_level"] = next(
+            (name for name, level in LOG_LEVELS.items() if level == self.log_level),
+            str(self.log_level),
+        )
         return out
 
 

@@ -126,9 +126,11 @@ def detach(attached: Attached) -> None:
 
 
 class StorageManager:
-    def __init__(self) -> None:
+    def __init__(self, base: str = CONTAINER_BASE) -> None:
+        """``base``: the tree every mount point must stay in."""
         from pykata.agent.storage import drivers
 
+        self._base = base
         self._drivers = drivers()
         self._entries: dict[str, _Entry] = {}
         self._lock = asyncio.Lock()
@@ -145,7 +147,7 @@ class StorageManager:
         driver = self._drivers.get(spec.driver)
         if driver is None:
             raise InvalidArgument(f"unsupported storage driver {spec.driver!r}")
-        return driver, validate_under(spec.mount_point, CONTAINER_BASE)
+        return driver, validate_under(spec.mount_point, self._base)
 
     async def add(self, specs: list[StorageSpec], *, cid: str | None = None) -> list[str]:
         """Attach every storage (or take a reference); all-or-nothing; the mount points."""

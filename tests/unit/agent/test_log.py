@@ -1,0 +1,106 @@
+"""The agent's JSON log lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import socket
+from collections.abc import Iterator
+
+import pytest
+from pykata.agent import log
+from pykata.agent.config import TRACE
+
+RFC3339_US = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+@pytest.fixture
+def stream() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    log.setup(TRACE, stream=out)
+    yield out
+    for name in ("kata-agent", "ttrpc"):
+        logging.getLogger(name).handlers.clear()
+
+
+def records(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_record_shape(stream: io.StringIO) -> None:
+    log.get("rpc").info("created", extra={"container": "c1", "exec_id": "e1"})
+    (record,) = records(stream)
+    assert record["msg"] == "created"
+    assert record["level"] == "info"
+    assert record["name"] == "kata-agent"
+    assert record["source"] == "agent"
+    assert record["subsystem"] == "rpc"
+    assert record["container"] == "c1" and record["exec_id"] == "e1"
+    assert isinstance(record["pid"], int)
+    assert RFC3339_US.fullmatch(str(record["ts"]))
+
+
+def test_levels_and_trace(stream: io.StringIO) -> None:
+    logger = log.get("x")
+    logger.log(TRACE, "t")
+    logger.debug("d")
+    logger.warning("w")
+    logger.error("e")
+    assert [r["level"] for r in records(stream)] == ["trace", "debug", "warning", "error"]
+
+
+def test_level_filter() -> None:
+    out = io.StringIO()
+    log.setup(logging.WARNING, stream=out)
+    log.get("x").info("hidden")
+    log.get("x").warning("shown")
+    assert [r["msg"] for r in records(out)] == ["shown"]
+
+
+def test_announce_text_is_greppable(stream: io.StringIO) -> None:
+    log.get("main").info("announce", extra={"config": {"a": 1}})
+    assert '"msg": "announce"' in stream.getvalue()
+
+
+def test_exception_and_odd_values(stream: io.StringIO) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.get("x").exception("failed", extra={"obj": object(), "bytes": b"\xff"})
+    (record,) = records(stream)
+    assert "ValueError: boom" in str(record["error"])
+    assert record["level"] == "error"
+
+
+def test_ttrpc_logger_gets_the_same_format(stream: io.StringIO) -> None:
+    logging.getLogger("ttrpc").warning("oops")
+    (record,) = records(stream)
+    assert record["subsystem"] == "ttrpc"
+
+
+def test_socket_handler_streams_earlier_and_later_lines() -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0pykata-test-log-" + str(id(listener)))
+    listener.listen(1)
+    handler = log.SocketLogHandler(listener)
+    handler.setFormatter(log.JsonFormatter())
+    logger = logging.getLogger("kata-agent.sockettest")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.info("before connect")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(listener.getsockname())
+        logger.info("after connect")
+        client.settimeout(10)
+        data = b""
+        while data.count(b"\n") < 2:
+            chunk = client.recv(4096)
+            assert chunk
+            data += chunk
+    msgs = [json.loads(line)["msg"] for line in data.decode().splitlines()]
+    assert msgs == ["before connect", "after connect"]
+    logger.handlers.clear()
+    listener.close()
