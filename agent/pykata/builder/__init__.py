@@ -1,0 +1,1 @@
+"""kata-image: builds the guest kernel, initrd and root image that a Kata runtime boots."""

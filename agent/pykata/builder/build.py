@@ -1,0 +1,254 @@
+"""`kata-image build`: kernel + mkosi rootfs -> vmlinuz, kata-initrd.img / kata-rootfs.img,
+manifest.json and configuration.toml in the output folder.
+
+Two levels of reuse keep a repeated build fast: when the inputs' hash matches the output's
+manifest nothing runs at all, and otherwise mkosi's incremental cache skips package
+installation unless the package set changed. `--clean` drops both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pykata
+from pykata.builder import apt, disk, kconfig, kernel, layout, manifest, mkosi, wheels
+from pykata.builder.stages import BuildError, Stages
+
+FLAVOURS = ("initrd", "image")
+KERNEL_SOURCES = ("debian", "build")
+KERNEL_FILE = "vmlinuz"
+ARTIFACT = {"initrd": "kata-initrd.img", "image": "kata-rootfs.img"}
+MKOSI_OUTPUT = {"initrd": "kata-initrd.cpio.zst", "image": "kata-rootfs"}
+UNIT_DIR = Path("usr/lib/systemd/system")
+# The root file system of the image flavour is mounted by the kernel itself.
+IMAGE_BOOT_OPTIONS = ("CONFIG_VIRTIO_BLK", "CONFIG_EXT4_FS", "CONFIG_VIRTIO_PCI")
+
+
+@dataclass(frozen=True)
+class Options:
+    flavour: str = "initrd"
+    kernel_source: str = "debian"
+    output: Path = layout.CHECKOUT / "build"
+    clean: bool = False
+    mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    output: Path
+    kernel: Path
+    artifact: Path
+    manifest: Path
+    reused: bool  # nothing was rebuilt: the inputs' hash matched
+
+
+def prepare_apt(cache: Path, mirror: str | None, stages: Stages) -> apt.PrivateApt:
+    mirrors = apt.derive_mirrors(apt.host_entries(), mirror)
+    stages.log(f"guest archive {mirrors.archive}, security {mirrors.security}")
+    return apt.PrivateApt(cache / "apt", mirrors, stages)
+
+
+def setup(mirror: str | None, stages: Stages) -> mkosi.Mkosi:
+    """Install mkosi's host tools and mkosi >= 25 (trixie's, unpacked privately if needed)."""
+    cache = layout.cache_root()
+    with stages.stage("host tools"):
+        mkosi.install_host_packages(stages)
+        kernel.ensure_tools(kernel.CONFIG_TOOLS, stages)
+    with stages.stage("mkosi"):
+        found = mkosi.host_mkosi()
+        if found is None:
+            found = mkosi.install(cache / "mkosi", prepare_apt(cache, mirror, stages), stages)
+        stages.log(f"mkosi {found.version_text}: {' '.join(found.argv)}")
+    return found
+
+
+def get_kernel(source: str, apt_: apt.PrivateApt, cache: Path, stages: Stages) -> kernel.Kernel:
+    if source == "debian":
+        with stages.stage("kernel (debian)"):
+            return kernel.debian_kernel(apt_, cache / "kernel/debian", stages)
+    kernel.ensure_tools(kernel.BUILD_TOOLS, stages)
+    return kernel.build_kernel(apt_, cache / "kernel", layout.fragments(), stages)
+
+
+def _hash_files(digest: hashlib._Hash, root: Path, paths: list[Path]) -> None:
+    for path in sorted(paths):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(root)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+
+
+def input_hash(options: Options, kern: kernel.Kernel, tool: mkosi.Mkosi, wheel_dir: Path) -> str:
+    """Everything the artifacts are made of, except the archive's current package versions
+    (mkosi's cache pins those until --clean)."""
+    digest = hashlib.sha256()
+    for text in (
+        options.flavour,
+        kern.source,
+        kern.version,
+        kern.package_version,
+        manifest.sha256(kern.config),
+        manifest.sha256(kern.image),
+        tool.version_text,
+        *sorted(p.name for p in wheel_dir.glob("*.whl")),
+    ):
+        digest.update(text.encode() + b"\0")
+    checkout = layout.CHECKOUT
+    _hash_files(digest, checkout, list(layout.ROOTFS_BUILDER.rglob("*")))
+    _hash_files(digest, checkout, list(layout.SYSTEMD_UNITS.rglob("*")))
+    _hash_files(digest, checkout, [layout.DEBIAN_MODULES])
+    package = Path(pykata.__file__).parent
+    guest = [package / "__init__.py"]
+    for name in wheels.GUEST_PACKAGES:
+        guest += list((package / name).rglob("*.py"))
+    _hash_files(digest, package.parent, guest)
+    return digest.hexdigest()
+
+
+def make_extra_tree(
+    options: Options, kern: kernel.Kernel, wheel_dir: Path, tree: Path, stages: Stages
+) -> tuple[str, list[str]]:
+    """The files mkosi copies into the image: agent, wheels, modules, units or /init."""
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    version = wheels.install_agent(tree)
+    wheels.install_wheels(wheel_dir, tree)
+    modules: list[str] = []
+    if kern.modules is not None:
+        wanted = kernel.read_module_list(layout.DEBIAN_MODULES)
+        modules = kernel.install_modules(kern, wanted, tree, stages)
+    if options.flavour == "initrd":
+        (tree / "init").symlink_to("usr/bin/kata-agent")
+    else:
+        units = tree / UNIT_DIR
+        units.mkdir(parents=True)
+        for unit in sorted(layout.SYSTEMD_UNITS.iterdir()):
+            shutil.copy2(unit, units / unit.name)
+        default = tree / "etc/systemd/system/default.target"
+        default.parent.mkdir(parents=True)
+        default.symlink_to(f"/{UNIT_DIR}/kata-containers.target")
+    return version, modules
+
+
+def run_mkosi(
+    tool: mkosi.Mkosi, options: Options, work: Path, extra: Path, sandbox: Path, stages: Stages
+) -> Path:
+    cache = layout.cache_root() / "mkosi"
+    out = work / "out"
+    (work / "ws").mkdir(parents=True, exist_ok=True)
+    force = ["--force", "--force"] if options.clean else ["--force"]
+    stages.run(
+        [
+            *tool.argv, "--directory", layout.ROOTFS_BUILDER, "--profile", options.flavour,
+            "--sandbox-tree", sandbox, "--extra-tree", extra,
+            "--output-dir", out, "--workspace-directory", work / "ws",
+            "--cache-directory", cache / options.flavour,
+            "--package-cache-directory", cache / "packages",
+            *force, "build",
+        ],
+        env=tool.env(),
+    )  # fmt: skip
+    return out
+
+
+def mkosi_summary(tool: mkosi.Mkosi, flavour: str, sandbox: Path) -> str:
+    """`mkosi summary` of a flavour: parses and validates the whole configuration."""
+    stages = Stages(layout.cache_root() / "logs" / f"summary-{flavour}.log")
+    return stages.output(
+        [*tool.argv, "--directory", layout.ROOTFS_BUILDER, "--profile", flavour,
+         "--sandbox-tree", sandbox, "summary"],
+        env=tool.env(),
+    )  # fmt: skip
+
+
+def build(options: Options, stages: Stages) -> Result:
+    if options.flavour not in FLAVOURS:
+        raise BuildError(f"unknown flavour {options.flavour!r} (choose from {FLAVOURS})")
+    if options.kernel_source not in KERNEL_SOURCES:
+        raise BuildError(f"unknown kernel source {options.kernel_source!r}")
+    layout.check_checkout()
+    t0 = time.monotonic()
+    cache = layout.cache_root()
+    output = options.output
+    work = cache / "work" / options.flavour
+    with stages.stage("mkosi lookup"):
+        tool = mkosi.locate(cache / "mkosi")
+        missing_tools = mkosi.missing_host_packages()
+        if missing_tools:
+            raise BuildError(f"missing host packages {missing_tools}: run `kata-image setup`")
+        apt_ = prepare_apt(cache, options.mirror, stages)
+    kern = get_kernel(options.kernel_source, apt_, cache, stages)
+    if options.flavour == "image":
+        config = kconfig.read(kern.config)
+        not_builtin = [opt for opt in IMAGE_BOOT_OPTIONS if config.get(opt) != "y"]
+        if not_builtin:
+            raise BuildError(
+                f"the image flavour needs {', '.join(not_builtin)} built into the kernel "
+                f"(this {kern.source} kernel has them as modules or not at all): "
+                "use --kernel-source build"
+            )
+    with stages.stage("wheels"):
+        wheel_dir = wheels.download(wheels.guest_requirements(), cache / "wheels", stages)
+    digest = input_hash(options, kern, tool, wheel_dir)
+    artifact = output / ARTIFACT[options.flavour]
+    if not options.clean and manifest.up_to_date(output, digest):
+        stages.log("inputs unchanged: reusing " + str(output))
+        return Result(output, output / KERNEL_FILE, artifact, output / manifest.MANIFEST, True)
+    missing = wheels.missing_guest_packages()
+    if missing:
+        stages.log(f"warning: pykata has no {', '.join(missing)} yet; the image lacks them")
+    with stages.stage("extra tree"):
+        agent_version, modules = make_extra_tree(options, kern, wheel_dir, work / "extra", stages)
+        apt.write_sandbox_sources(work / "sandbox", apt_.mirrors)
+    with stages.stage(f"mkosi build ({options.flavour})"):
+        out = run_mkosi(tool, options, work, work / "extra", work / "sandbox", stages)
+    output.mkdir(parents=True, exist_ok=True)
+    with stages.stage("outputs"):
+        for stale in [*ARTIFACT.values(), manifest.MANIFEST]:
+            (output / stale).unlink(missing_ok=True)
+        shutil.copy2(kern.image, output / KERNEL_FILE)
+        if options.flavour == "initrd":
+            shutil.copy2(out / MKOSI_OUTPUT["initrd"], artifact)
+        else:
+            disk.make_disk(out / MKOSI_OUTPUT["image"], artifact, stages)
+        mkosi_manifest = next(out.glob("*.manifest"))
+        result = manifest.Manifest(
+            flavour=options.flavour,
+            kernel={
+                "source": kern.source,
+                "version": kern.version,
+                "package_version": kern.package_version,
+                "config_sha256": manifest.sha256(kern.config),
+            },
+            agent_version=agent_version,
+            mkosi_version=tool.version_text,
+            debian_packages=manifest.debian_packages(mkosi_manifest),
+            wheels=wheels.wheel_versions(wheel_dir),
+            modules=modules,
+            input_hash=digest,
+            build_seconds=round(time.monotonic() - t0, 1),
+            built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        result.add_files(output, [KERNEL_FILE, artifact.name])
+        (output / manifest.SNIPPET).write_text(
+            manifest.snippet(output, KERNEL_FILE, options.flavour, artifact.name)
+        )
+        path = result.write(output)
+    return Result(output, output / KERNEL_FILE, artifact, path, False)
+
+
+def build_kernel_only(source: str, output: Path, mirror: str | None, stages: Stages) -> Path:
+    """`kata-image kernel`: the kernel and its config into output."""
+    cache = layout.cache_root()
+    with stages.stage("apt"):
+        apt_ = prepare_apt(cache, mirror, stages)
+    kern = get_kernel(source, apt_, cache, stages)
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(kern.image, output / KERNEL_FILE)
+    shutil.copy2(kern.config, output / "kernel.config")
+    return output / KERNEL_FILE

@@ -1,0 +1,243 @@
+"""Guest kernels: Debian's trixie cloud kernel plus the modules the agent needs, or a kernel
+built from Debian's linux-source with the kernel-config/ fragments, everything built in.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pykata.builder import kconfig
+from pykata.builder.apt import PrivateApt
+from pykata.builder.stages import BuildError, Stages
+
+DEBIAN_META = "linux-image-cloud-amd64"
+SOURCE_PACKAGE = "linux-source-6.12"
+MODULES_LOAD = Path("etc/modules-load.d/kata.conf")
+# Tools to configure (kconfig: a C compiler, flex, bison) and to build a kernel.
+CONFIG_TOOLS = {"gcc": "gcc", "make": "make", "flex": "flex", "bison": "bison"}
+BUILD_TOOLS = {
+    **CONFIG_TOOLS,
+    "bc": "bc",
+    "lz4": "lz4",
+    "perl": "perl",
+    "ld": "binutils",
+    "/usr/include/libelf.h": "libelf-dev",
+    "/usr/include/openssl/ssl.h": "libssl-dev",
+}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A guest kernel ready to boot: the image, its config and the matching modules tree."""
+
+    source: str  # "debian" or "build"
+    version: str  # uname -r
+    package_version: str  # Debian version of the package it came from
+    image: Path
+    config: Path
+    modules: Path | None  # /usr/lib/modules/<version> of the Debian package
+
+
+def ensure_tools(tools: dict[str, str], stages: Stages) -> None:
+    """apt-get install the packages providing missing tools (absolute paths are files)."""
+    missing = sorted(
+        {
+            pkg
+            for tool, pkg in tools.items()
+            if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))
+        }
+    )
+    if missing:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        stages.run(["apt-get", "update", "-q"], env=env)
+        stages.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
+
+
+def debian_kernel(apt: PrivateApt, cache: Path, stages: Stages) -> Kernel:
+    """trixie's cloud kernel, unpacked once per package version under cache."""
+    apt.update()
+    depends = apt.show(DEBIAN_META)["Depends"]
+    package = depends.split(",")[0].split()[0]
+    fields = apt.show(package)
+    root = cache / f"{package}_{fields['Version']}"
+    if not (root / ".complete").exists():
+        (deb,) = apt.download([package], cache / "debs")
+        if root.exists():
+            shutil.rmtree(root)
+        stages.run(["dpkg-deb", "-x", deb, root])
+        (root / ".complete").touch()
+    (image,) = (root / "boot").glob("vmlinuz-*")
+    version = image.name.removeprefix("vmlinuz-")
+    return Kernel(
+        source="debian",
+        version=version,
+        package_version=fields["Version"],
+        image=image,
+        config=root / "boot" / f"config-{version}",
+        modules=root / "usr/lib/modules" / version,
+    )
+
+
+def module_name(path: str) -> str:
+    """`kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz` -> its module name."""
+    return re.sub(r"\.ko(\.\w+)?$", "", Path(path).name).replace("-", "_")
+
+
+def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
+    """modules.dep -> {module name: (path, [paths of its dependencies])}."""
+    table = {}
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        path, _, deps = line.partition(":")
+        table[module_name(path)] = (path, deps.split())
+    return table
+
+
+def resolve_modules(
+    wanted: Iterable[str], deps: dict[str, tuple[str, list[str]]], builtin: set[str]
+) -> tuple[list[str], list[str]]:
+    """Module files needed to load `wanted` (dependencies included) and the names to load.
+
+    Built-in modules need nothing; a name that is neither built in nor a module is an error,
+    since the agent would fail at boot without it.
+    """
+    files: list[str] = []
+    load: list[str] = []
+    unknown = []
+    for name in wanted:
+        key = name.replace("-", "_")
+        if key in builtin:
+            continue
+        if key not in deps:
+            unknown.append(name)
+            continue
+        load.append(key)
+        path, requires = deps[key]
+        for item in [*requires, path]:
+            if item not in files:
+                files.append(item)
+    if unknown:
+        raise BuildError(f"kernel has no module or built-in named: {', '.join(unknown)}")
+    return files, load
+
+
+def read_module_list(path: Path) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()
+            if line.split("#", 1)[0].strip()]  # fmt: skip
+
+
+def install_modules(kernel: Kernel, wanted: list[str], tree: Path, stages: Stages) -> list[str]:
+    """Copy the wanted modules and their dependencies (uncompressed, so any loader can use
+    them) into tree, and list them for loading at boot. Returns the module names."""
+    assert kernel.modules is not None
+    dep_file = kernel.modules / "modules.dep"
+    if not dep_file.exists():
+        # The package ships no indexes: depmod writes them at install time. Older depmod
+        # (bookworm's) looks under <base>/lib/modules only.
+        base = kernel.modules.parents[3]
+        if not (base / "lib").exists():
+            (base / "lib").symlink_to("usr/lib")
+        stages.run(["depmod", "-b", base, kernel.version])
+    builtin = {
+        module_name(line) for line in (kernel.modules / "modules.builtin").read_text().split()
+    }
+    files, load = resolve_modules(wanted, parse_modules_dep(dep_file.read_text()), builtin)
+    target = tree / "usr/lib/modules" / kernel.version
+    for rel in files:
+        dest = target / re.sub(r"\.ko\.xz$", ".ko", rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        source = kernel.modules / rel
+        if rel.endswith(".xz"):
+            dest.write_bytes(lzma.decompress(source.read_bytes()))
+        else:
+            shutil.copy2(source, dest)
+    for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (kernel.modules / name).exists():
+            shutil.copy2(kernel.modules / name, target / name)
+    conf = tree / MODULES_LOAD
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "# Loaded by the agent at boot (kata-image).\n" + "".join(f"{n}\n" for n in load)
+    )
+    return load
+
+
+def kernel_source(apt: PrivateApt, cache: Path, stages: Stages) -> tuple[Path, str]:
+    """Debian's linux-source unpacked once under cache; returns (tree, package version)."""
+    apt.update()
+    version = apt.show(SOURCE_PACKAGE)["Version"]
+    tree = cache / f"{SOURCE_PACKAGE}_{version}"
+    if not (tree / ".complete").exists():
+        (deb,) = apt.download([SOURCE_PACKAGE], cache / "debs")
+        unpacked = cache / "unpacked"
+        if unpacked.exists():
+            shutil.rmtree(unpacked)
+        stages.run(["dpkg-deb", "-x", deb, unpacked])
+        (tarball,) = (unpacked / "usr/src").glob("linux-source-*.tar.*")
+        if tree.exists():
+            shutil.rmtree(tree)
+        with tarfile.open(tarball) as tar:
+            top = tar.next()
+            assert top is not None
+            tar.extractall(cache, filter="data")
+        (cache / top.name.split("/")[0]).rename(tree)
+        shutil.rmtree(unpacked)
+        (tree / ".complete").touch()
+    return tree, version
+
+
+def merge_fragments(source: Path, out: Path, fragments: list[Path], stages: Stages) -> Path:
+    """tinyconfig + our fragments (merge_config.sh -n) in the build folder `out`; fails
+    listing every fragment line that did not survive in the final .config."""
+    out.mkdir(parents=True, exist_ok=True)
+    make: list[str | Path] = ["make", "-C", source, f"O={out}", "ARCH=x86_64"]
+    stages.run([*make, "tinyconfig"])
+    stages.run(
+        [source / "scripts/kconfig/merge_config.sh", "-n", "-m", "-O", out, out / ".config",
+         *fragments],
+        cwd=source,
+        env=dict(os.environ, ARCH="x86_64"),
+    )  # fmt: skip
+    # -m only merged the files: let kconfig resolve the result with everything else off.
+    stages.run([*make, "KCONFIG_ALLCONFIG=.config", "allnoconfig"])
+    config = out / ".config"
+    lost = kconfig.lost_fragment_lines(fragments, kconfig.parse(config.read_text()))
+    if lost:
+        raise BuildError(
+            "fragment options did not survive the merge (missing dependency?):\n  "
+            + "\n  ".join(lost)
+        )
+    return config
+
+
+def build_kernel(apt: PrivateApt, cache: Path, fragments: list[Path], stages: Stages) -> Kernel:
+    """Build bzImage from linux-source with our fragments (ccache reused when present)."""
+    source, package_version = kernel_source(apt, cache / "source", stages)
+    out = cache / "build"
+    with stages.stage("kernel config"):
+        config = merge_fragments(source, out, fragments, stages)
+    with stages.stage("kernel build"):
+        jobs = str(os.cpu_count() or 1)
+        cc = ["CC=ccache gcc"] if shutil.which("ccache") else []
+        stages.run(["make", "-C", source, f"O={out}", "ARCH=x86_64", f"-j{jobs}", *cc, "bzImage"])
+    release = subprocess.run(
+        ["make", "-s", "-C", source, f"O={out}", "ARCH=x86_64", "kernelrelease"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return Kernel(
+        source="build",
+        version=release,
+        package_version=package_version,
+        image=out / "arch/x86/boot/bzImage",
+        config=config,
+        modules=None,
+    )
