@@ -58,4 +58,8 @@ class ScriptedHealth:
             self._changed.notify_all()
 
     async def Version(self, request: health_pb2.CheckRequest) -> health_pb2.VersionCheckResponse:
-        return health_pb2.VersionCheckResponse(grpc_version="test", agent_version=request.service)
+        """Echoes CheckRequest.service as agent_version; "big:N" answers N bytes instead."""
+        text = request.service
+        if text.startswith("big:"):
+            text = "x" * int(text[4:])
+        return health_pb2.VersionCheckResponse(grpc_version="test", agent_version=text)

@@ -12,11 +12,13 @@ from pykata.ttrpc.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     TtrpcError,
     Unavailable,
     Unimplemented,
     Unknown,
 )
+from pykata.ttrpc.framing import MAX_PAYLOAD
 from raw_wire import frame, open_raw, read_response
 from scripted_health import HEALTH, ScriptedHealth
 
@@ -48,6 +50,20 @@ async def test_stub_has_typed_methods(server_address: str) -> None:
             await health.Check(health_pb2.HealthCheckResponse())
         with pytest.raises(AttributeError):
             health.Nope  # noqa: B018
+
+
+async def test_large_messages_up_to_the_limit(server_address: str) -> None:
+    async with await Client.connect(server_address) as client:
+        health = client.stub(HEALTH)
+        big = await health.Version(check("big:3000000"))
+        assert len(big.agent_version) == 3_000_000
+        echoed = await health.Version(check("y" * 3_000_000))
+        assert echoed.agent_version == "y" * 3_000_000
+        with pytest.raises(ResourceExhausted, match="exceeds maximum message size"):
+            await health.Version(check(f"big:{MAX_PAYLOAD}"))
+        with pytest.raises(ResourceExhausted, match="request of"):
+            await health.Version(check("z" * MAX_PAYLOAD))
+        assert (await health.Check(check())).status == SERVING
 
 
 async def test_unknown_service_and_method(server_address: str) -> None:

@@ -25,6 +25,14 @@ async def test_success_omits_status_like_go(server_address: str) -> None:
     writer.close()
 
 
+async def test_request_flags_are_ignored_like_go(server_address: str) -> None:
+    reader, writer = await open_raw(server_address)
+    writer.write(frame(1, REQ, CHECK, flags=0xFF))
+    stream_id, response = await read_response(reader)
+    assert (stream_id, response.HasField("status")) == (1, False)
+    writer.close()
+
+
 async def test_even_stream_ids_are_refused(server_address: str) -> None:
     reader, writer = await open_raw(server_address)
     for stream_id in (0, 2):
