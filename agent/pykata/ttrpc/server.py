@@ -95,8 +95,6 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for stream_id, frame_type, _flags, payload in self._decoder.feed(data):
-            if self._transport is None:
-                return
             if payload is None:
                 self._send_error(
                     stream_id,
@@ -106,9 +104,9 @@ class _Connection(asyncio.Protocol):
             elif frame_type == _REQUEST:
                 self._request(stream_id, payload)
             elif frame_type not in _KNOWN_TYPES:
-                # Every later header would be read from the wrong offset: give up on the peer.
+                # No ttRPC version defines it: the peer is not speaking ttRPC (or lost sync).
                 log.warning("ttrpc: unknown frame type %d, closing connection", frame_type)
-                self._transport.abort()
+                self.abort()
                 return
             # Responses and stream data are not for a unary server; Go ignores them too.
 
