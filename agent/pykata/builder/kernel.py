@@ -201,14 +201,13 @@ def merge_fragments(source: Path, out: Path, fragments: list[Path], stages: Stag
     out.mkdir(parents=True, exist_ok=True)
     make: list[str | Path] = ["make", "-C", source, f"O={out}", "ARCH=x86_64"]
     stages.run([*make, "tinyconfig"])
+    # merge_config.sh runs `make allnoconfig` itself with the merged file as the baseline.
     stages.run(
-        [source / "scripts/kconfig/merge_config.sh", "-n", "-m", "-O", out, out / ".config",
+        [source / "scripts/kconfig/merge_config.sh", "-n", "-O", out, out / ".config",
          *fragments],
         cwd=source,
         env=dict(os.environ, ARCH="x86_64"),
     )  # fmt: skip
-    # -m only merged the files: let kconfig resolve the result with everything else off.
-    stages.run([*make, "KCONFIG_ALLCONFIG=.config", "allnoconfig"])
     config = out / ".config"
     lost = kconfig.lost_fragment_lines(fragments, kconfig.parse(config.read_text()))
     if lost:
