@@ -1,0 +1,146 @@
+"""kata-agent-ctl against the real agent (a root process on this host, over a unix socket).
+
+The tests share one agent (module scope) and run in file order: the sandbox the first `run`
+creates is used by the following tests and destroyed by the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+CTL = [sys.executable, "-m", "pykata.host.ctl.main"]
+
+
+class Ctl:
+    """Runs the real CLI against the test agent; its state files go to a private folder."""
+
+    def __init__(self, address: str, runtime_dir: Path) -> None:
+        self.address = address
+        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir)}
+
+    def argv(self, verb: str, args: tuple[str, ...]) -> list[str]:
+        return [*CTL, verb, "--server-address", self.address, *args]
+
+    def __call__(self, verb: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(verb, args),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+        )
+
+    def start(self, verb: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(verb, args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+
+@pytest.fixture(scope="module")
+def ctl(
+    agent_process: subprocess.Popen[bytes],
+    agent_address: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Ctl:
+    return Ctl(agent_address, tmp_path_factory.mktemp("ctl-runtime"))
+
+
+def shared_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as mountinfo:
+        return [line for line in mountinfo if "/run/kata-containers/shared/containers/" in line]
+
+
+def wait_listed(ctl: Ctl, container_id: str) -> None:
+    """Until `ps` shows the container (its `run` has created and started it)."""
+    deadline = time.monotonic() + 60
+    while container_id not in ctl("ps").stdout:
+        assert time.monotonic() < deadline, f"{container_id} never showed up in ps"
+        time.sleep(0.2)
+
+
+def test_connect_check(ctl: Ctl) -> None:
+    done = ctl("connect", "-c", "Check", "-c", "Version")
+    assert done.returncode == 0, done.stderr
+    decoder = json.JSONDecoder()
+    check, end = decoder.raw_decode(done.stdout)
+    version, _ = decoder.raw_decode(done.stdout[end:].lstrip())
+    assert check == {"status": "SERVING"}
+    assert version["agent_version"]
+
+
+def test_connect_bad_method_exits_2(ctl: Ctl) -> None:
+    done = ctl("connect", "-c", "NoSuchMethod")
+    assert done.returncode == 2
+    assert "unknown method 'NoSuchMethod'" in done.stderr
+
+
+def test_connect_not_found_exits_1_with_code_name(ctl: Ctl) -> None:
+    done = ctl("connect", "-c", 'StatsContainer json://{"container_id": "nosuchcontainer"}')
+    assert done.returncode == 1
+    assert "StatsContainer: NOT_FOUND" in done.stderr
+
+
+def test_run_echo(ctl: Ctl, busybox_rootfs: Path) -> None:
+    done = ctl("run", str(busybox_rootfs), "--", "echo", "hi")
+    assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
+    assert shared_mounts() == []
+
+
+def test_run_returns_exit_code_and_separates_stderr(ctl: Ctl, busybox_rootfs: Path) -> None:
+    done = ctl("run", str(busybox_rootfs), "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert done.returncode == 3
+    assert done.stdout == "out\n"
+    assert done.stderr == "err\n"
+
+
+def test_run_forwards_stdin(ctl: Ctl, busybox_rootfs: Path) -> None:
+    data = "".join(f"line {n}\n" for n in range(2000))
+    done = ctl("run", "-i", str(busybox_rootfs), "--", "sh", "-c", "cat; exit 7", stdin=data)
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == data
+
+
+def test_run_without_interactive_gives_eof_on_stdin(ctl: Ctl, busybox_rootfs: Path) -> None:
+    done = ctl("run", str(busybox_rootfs), "--", "cat", stdin="ignored\n")
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_exec_ps_and_stop(ctl: Ctl, busybox_rootfs: Path) -> None:
+    runner = ctl.start("run", "--id", "ctl-long", str(busybox_rootfs), "--", "sleep", "300")
+    try:
+        wait_listed(ctl, "ctl-long")
+        ps = ctl("ps")
+        assert "sleep 300" in ps.stdout and "running" in ps.stdout
+        done = ctl("exec", "ctl-long", "--", "sh", "-c", "echo from exec; exit 5")
+        assert (done.returncode, done.stdout) == (5, "from exec\n"), done.stderr
+        assert ctl("exec", "nosuchcontainer", "--", "true").returncode == 125
+        assert ctl("stop", "ctl-long", "--time", "5").returncode == 0
+        # The container's init ignores SIGTERM (PID 1 without a handler): it gets SIGKILL.
+        assert runner.wait(timeout=60) == 137
+    finally:
+        runner.kill()
+        runner.communicate()
+    assert "ctl-long" not in ctl("ps").stdout
+    assert shared_mounts() == []
+
+
+def test_destroy(ctl: Ctl) -> None:
+    assert "sandbox: -" not in ctl("ps").stdout
+    done = ctl("destroy")
+    assert done.returncode == 0, done.stderr
+    assert "sandbox: -" in ctl("ps").stdout
