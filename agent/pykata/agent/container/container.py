@@ -23,6 +23,9 @@ from pykata.ttrpc.errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger("kata-agent.container")
 
+# Bound on waiting for a started init to exec its program (steps of 2 ms: 2 s).
+EXEC_WAIT_STEPS = 1000
+
 
 class State(enum.Enum):
     CREATED = "created"
@@ -55,6 +58,8 @@ class Container:
         self.state = State.CREATED
         self.init: Process | None = None
         self.processes: dict[str, Process] = {}
+        # Waited-for processes whose output the host has not read to the end yet.
+        self.draining: dict[str, Process] = {}
         self._oom_task: asyncio.Task[None] | None = None
         self._init_tracker: asyncio.Future[None] | None = None
         self._destroyed = False
@@ -109,7 +114,10 @@ class Container:
         if self.state is not State.CREATED:
             raise FailedPrecondition(f"container {self.id} is {self.state.value}, not created")
         self._watch_oom(on_oom)
+        assert self.init is not None
+        runtime_exe = _exe(self.init.pid)
         await self.runtime.start(self.id)
+        await _until_exec(self.init, runtime_exe)
         if self.state is State.CREATED:
             self.state = State.RUNNING
 
@@ -166,9 +174,29 @@ class Container:
             raise NotFound(f"process {exec_id} not found in container {self.id}")
         return process
 
+    def find_output(self, exec_id: str) -> Process:
+        """The process whose output to read: a live one, or a waited-for one still draining."""
+        if not exec_id and self.init is not None and self.init.exec_id not in self.processes:
+            exec_id = self.init.exec_id
+        draining = self.draining.get(exec_id)
+        if exec_id not in self.processes and draining is not None:
+            return draining
+        return self.find_process(exec_id)
+
     async def forget(self, process: Process) -> None:
+        """Drop a waited-for process; its unread output stays readable until EOF."""
         if self.processes.get(process.exec_id) is process:
             del self.processes[process.exec_id]
+        if process.output_drained or self._destroyed:
+            await self.release_output(process)
+        else:
+            if process.stdin is not None:
+                process.stdin.release()
+            self.draining[process.exec_id] = process
+
+    async def release_output(self, process: Process) -> None:
+        if self.draining.get(process.exec_id) is process:
+            del self.draining[process.exec_id]
         await process.release()
 
     async def pause(self) -> None:
@@ -222,6 +250,8 @@ class Container:
                 async with asyncio.timeout(5):
                     await process.wait()
             await self.forget(process)
+        for process in list(self.draining.values()):
+            await self.release_output(process)
         if self._oom_task is not None:
             self._oom_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -230,3 +260,26 @@ class Container:
         self.bundle.remove()
         await self.storage_manager.remove(self.storages)
         self.state = State.STOPPED
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+async def _until_exec(process: Process, runtime_exe: str | None) -> None:
+    """Wait until ``process`` has left the runtime's init and runs the container's program.
+
+    ``runtime start`` returns before that exec; a signal arriving in between would reach
+    the runtime's init (which handles everything) instead of the program.
+    """
+    for _ in range(EXEC_WAIT_STEPS):
+        if runtime_exe is None or process.exit_status is not None:
+            return
+        exe = _exe(process.pid)
+        if exe is None or exe != runtime_exe:
+            return
+        await asyncio.sleep(0.002)
+    log.warning("container init still in the runtime after start", extra={"pid": process.pid})

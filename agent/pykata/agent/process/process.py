@@ -86,6 +86,10 @@ class Process:
         assert self.exit_status is not None
         return self.exit_status
 
+    @property
+    def output_drained(self) -> bool:
+        return all(s.drained for s in (self.stdout, self.stderr) if s is not None)
+
     def signal(self, sig: int) -> None:
         """Send ``sig``; a process that is already gone is not an error (as Kata does)."""
         if self.pid <= 0 or self.exit_status is not None:

@@ -102,6 +102,11 @@ class OutputStream:
             self._pull()
         self._set_eof()
 
+    @property
+    def drained(self) -> bool:
+        """EOF reached and everything read (or the stream closed)."""
+        return self._closed or (self._eof and not self._buffer)
+
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; b"" only at EOF."""
         while not self._buffer and not self._eof:

@@ -86,19 +86,27 @@ class ProcessHandlers:
     async def ReadStdout(
         self, request: agent_pb2.ReadStreamRequest
     ) -> agent_pb2.ReadStreamResponse:
-        _, process = self._find(request.container_id, request.exec_id)
+        container = self.sandbox.get_container(request.container_id)
+        process = container.find_output(request.exec_id)
         if process.stdout is None:
             raise FailedPrecondition("the process has no stdout")
-        return agent_pb2.ReadStreamResponse(data=await process.stdout.read(_size(request.len)))
+        data = await process.stdout.read(_size(request.len))
+        if not data:
+            await _release_if_drained(container, process)
+        return agent_pb2.ReadStreamResponse(data=data)
 
     async def ReadStderr(
         self, request: agent_pb2.ReadStreamRequest
     ) -> agent_pb2.ReadStreamResponse:
-        _, process = self._find(request.container_id, request.exec_id)
+        container = self.sandbox.get_container(request.container_id)
+        process = container.find_output(request.exec_id)
         if process.stderr is None:
             # A terminal merges stderr into stdout: there is nothing to read here.
             return agent_pb2.ReadStreamResponse()
-        return agent_pb2.ReadStreamResponse(data=await process.stderr.read(_size(request.len)))
+        data = await process.stderr.read(_size(request.len))
+        if not data:
+            await _release_if_drained(container, process)
+        return agent_pb2.ReadStreamResponse(data=data)
 
     async def WriteStdin(
         self, request: agent_pb2.WriteStreamRequest
@@ -129,6 +137,12 @@ class ProcessHandlers:
             raise FailedPrecondition("the process has exited")
         set_window_size(process.tty_master, request.row, request.column)
         return empty_pb2.Empty()
+
+
+async def _release_if_drained(container: Container, process: Process) -> None:
+    """Once a waited-for process has delivered EOF on every stream, nothing needs it."""
+    if container.draining.get(process.exec_id) is process and process.output_drained:
+        await container.release_output(process)
 
 
 def _size(requested: int) -> int:
