@@ -45,8 +45,7 @@ def _spawn_shell(tty_fd: int) -> subprocess.Popen[bytes]:
     )
 
 
-async def _run_shell(reaper: Reaper, tty_fd: int) -> int:
-    child = _spawn_shell(tty_fd)
+async def _wait_shell(reaper: Reaper, child: subprocess.Popen[bytes]) -> int:
     status = await reaper.watch(child.pid)
     child.returncode = status  # the reaper owns the exit: keep Popen from waiting itself
     return status
@@ -61,7 +60,7 @@ async def serve_console(reaper: Reaper) -> None:
             logger.error("cannot open console", extra={"error": str(exc)})
             return
         try:
-            await _run_shell(reaper, fd)
+            await _wait_shell(reaper, _spawn_shell(fd))
         except OSError as exc:
             logger.error("cannot start debug shell", extra={"error": str(exc)})
             return
@@ -78,7 +77,7 @@ async def pty_session(reaper: Reaper, conn: socket.socket) -> None:
     os.set_blocking(master, False)
     conn.setblocking(False)
     try:
-        shell = asyncio.ensure_future(_run_shell(reaper, slave))
+        shell = asyncio.ensure_future(_wait_shell(reaper, _spawn_shell(slave)))
         os.close(slave)
         slave = -1
         to_shell = asyncio.ensure_future(_relay_socket(loop, conn, master))

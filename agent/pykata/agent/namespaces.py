@@ -2,10 +2,13 @@
 
 IPC and UTS namespaces are made persistent the Kata way: a throw-away thread unshares them
 (namespaces belong to the thread) and its ``/proc/<pid>/task/<tid>/ns/<kind>`` file is
-bind-mounted onto a file under ``/run/kata-containers/sandbox/ns``, which keeps the namespace
-alive after the thread ends. A PID namespace cannot be unshared by a running process for
-itself, so the sandbox PID namespace is held by a tiny process (``sleep infinity`` started by
-``unshare --pid --fork``), whose ``/proc/<pid>/ns/pid`` containers join.
+bind-mounted onto a file under ``/run/kata-containers/sandbox/ns/<agent pid>/``, which keeps
+the namespace alive after the thread ends. (Kata uses one fixed directory; the pid level lets
+several agents share a development host without taking each other's namespaces.)
+
+A PID namespace cannot be unshared by a running process for itself, so the sandbox PID
+namespace is held by a tiny process (``sleep infinity`` started by ``unshare --pid --fork``),
+whose ``/proc/<pid>/ns/pid`` containers join.
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ import signal
 import threading
 
 from pykata.agent import log
-from pykata.agent.mount import MS_BIND, mount, umount_all
+from pykata.agent.mount import MS_BIND, fstype_of, mount, umount_all
 from pykata.agent.reaper import Reaper
 from pykata.ttrpc.errors import FailedPrecondition
 
 logger = log.get("namespace")
 
-NS_DIR = "/run/kata-containers/sandbox/ns"
+NS_ROOT = "/run/kata-containers/sandbox/ns"
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 FLAGS = {"ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def ns_dir() -> str:
+    return f"{NS_ROOT}/{os.getpid()}"
 
 
 def _persist_in_thread(kind: str, target: str, hostname: str, result: list[BaseException]) -> None:
@@ -51,10 +58,12 @@ def _persist_in_thread(kind: str, target: str, hostname: str, result: list[BaseE
 
 
 def persist(kind: str, hostname: str = "") -> str:
-    """A new ``kind`` namespace pinned at NS_DIR/<kind>; returns that path."""
-    os.makedirs(NS_DIR, exist_ok=True)
-    target = os.path.join(NS_DIR, kind)
-    umount_all(target)
+    """A new ``kind`` namespace pinned at ns_dir()/<kind>; returns that path."""
+    os.makedirs(ns_dir(), exist_ok=True)
+    target = os.path.join(ns_dir(), kind)
+    if fstype_of(target) == "nsfs":
+        # Never take over a namespace pinned by someone else.
+        raise FailedPrecondition(f"{target} already holds a namespace")
     with open(target, "w"):
         pass
     errors: list[BaseException] = []

@@ -81,8 +81,12 @@ def mount_base() -> None:
     # /proc must come first: fstype_of() reads /proc/self/mountinfo.
     source, target, fstype, flags, data = BASE_MOUNTS[0]
     os.makedirs(target, exist_ok=True)
-    with contextlib.suppress(OSError):
-        mount(source, target, fstype, flags, data)
+    if not os.path.exists("/proc/self"):
+        try:
+            mount(source, target, fstype, flags, data)
+        except OSError as exc:
+            logger.error("cannot mount /proc", extra={"error": str(exc)})
+            return
     for entry in BASE_MOUNTS[1:]:
         _mount_once(*entry)
     with contextlib.suppress(FileNotFoundError):
@@ -147,12 +151,12 @@ def loopback_up() -> None:
         fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def modules_to_load() -> list[str]:
+def modules_to_load(dirs: list[str] = MODULES_LOAD_DIRS) -> list[str]:
     """Module names from modules-load.d(5) files: one per line, # and ; start comments."""
     names: list[str] = []
     seen: set[str] = set()
     files: dict[str, str] = {}
-    for directory in MODULES_LOAD_DIRS:
+    for directory in dirs:
         for path in sorted(glob.glob(os.path.join(directory, "*.conf"))):
             # Same file name in /etc overrides /usr/lib, as systemd-modules-load does.
             files.setdefault(os.path.basename(path), path)

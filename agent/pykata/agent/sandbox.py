@@ -180,8 +180,9 @@ class Sandbox:
             except Exception:
                 logger.exception("sandbox cleanup step failed", extra={"step": what})
         self.mounts = []
-        with contextlib.suppress(OSError):
-            os.rmdir(namespaces.NS_DIR)
+        for directory in (namespaces.ns_dir(), namespaces.NS_ROOT):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
     async def _stop_pidns(self) -> None:
         if self._pidns is not None:
