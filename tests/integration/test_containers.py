@@ -376,19 +376,26 @@ async def test_invalid_requests(
         )
 
 
-async def test_destroy_sandbox_leaves_nothing(
-    sandbox: set[str], agent: Any, agent_process: subprocess.Popen[bytes]
+async def test_no_leaks_after_remove_and_destroy(
+    sandbox: set[str],
+    agent: Any,
+    agent_process: subprocess.Popen[bytes],
+    shared_rootfs: Callable[[str], None],
 ) -> None:
-    # The "dup" container of the previous test is still there: DestroySandbox takes it.
-    await exec_in(agent, "dup", "left-running", ["sleep", "1000"])
+    # Every container removed: the agent holds no pipe, pty, eventfd or inotify fd more than
+    # right after CreateSandbox, and has no unreaped children.
+    await remove(agent, "dup")
+    assert agent_fds(agent_process) <= sandbox
+    assert zombies_of(agent_process.pid) == []
+    # DestroySandbox takes down a container that still runs, with an exec in it.
+    cid = "last"
+    await run_container(agent, shared_rootfs, cid, ["sleep", "1000"])
+    await exec_in(agent, cid, "left-running", ["sleep", "1000"])
     await agent.DestroySandbox(agent_pb2.DestroySandboxRequest(), timeout=60)
     leftover = [p for p, _ in mount_points() if p.startswith("/run/kata-containers/")]
     assert all(p.startswith(SHARED) for p in leftover), leftover  # only the test's own shares
     assert [d for d in all_cgroup_dirs() if d.name.startswith(CGROUP_PREFIX)] == []
-    # Without being PID 1 the agent may exit after DestroySandbox; while it lives, check it.
-    if agent_process.poll() is None:
-        assert zombies_of(agent_process.pid) == []
-        assert agent_fds(agent_process) <= sandbox
+    assert leftovers(cid) == []
 
 
 def all_cgroup_dirs() -> list[Path]:
