@@ -1,0 +1,98 @@
+"""The QEMU command line for a Kata-style microVM, and a minimal QMP client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QEMU_BINARY = "qemu-system-x86_64"
+VIRTIOFS_TAG = "kataShared"
+
+
+@dataclass(frozen=True)
+class VhostUserVsock:
+    """Our vhost-user back-end owns the guest's vsock (no /dev/vhost-vsock here)."""
+
+    socket: Path
+
+
+@dataclass(frozen=True)
+class KernelVsock:
+    """The host kernel's vhost-vsock device gives the guest a real CID."""
+
+    guest_cid: int
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    kernel: Path
+    initrd: Path
+    append: str
+    accel: str  # "kvm" or "tcg"
+    memory_mib: int
+    cpus: int
+    console_log: Path
+    qmp_socket: Path
+    vsock: VhostUserVsock | KernelVsock
+    virtiofs_socket: Path | None
+    name: str = "pykata"
+
+
+def command(spec: MachineSpec) -> list[str]:
+    # Guest RAM must be a shared memfd: vhost-user back-ends map it into their process.
+    mem = f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on"
+    cpu = "host" if spec.accel == "kvm" else "max"
+    cmd = [
+        QEMU_BINARY, "-name", spec.name,
+        "-machine", f"q35,accel={spec.accel},memory-backend=mem",
+        "-cpu", cpu, "-smp", str(spec.cpus), "-m", f"{spec.memory_mib}M",
+        "-object", mem,
+        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
+        "-chardev", f"file,id=console,path={spec.console_log}", "-serial", "chardev:console",
+        "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
+        "-append", f"console=ttyS0 panic=1 {spec.append}".strip(),
+    ]  # fmt: skip
+    if isinstance(spec.vsock, VhostUserVsock):
+        cmd += [
+            "-chardev", f"socket,id=vsock,path={spec.vsock.socket}",
+            "-device", "vhost-user-vsock-pci,chardev=vsock",
+        ]  # fmt: skip
+    else:
+        cmd += ["-device", f"vhost-vsock-pci,guest-cid={spec.vsock.guest_cid}"]
+    if spec.virtiofs_socket is not None:
+        cmd += [
+            "-chardev", f"socket,id=virtiofs,path={spec.virtiofs_socket}",
+            "-device", f"vhost-user-fs-pci,chardev=virtiofs,tag={VIRTIOFS_TAG}",
+        ]  # fmt: skip
+    return cmd
+
+
+QMP_TIMEOUT = 5.0
+
+
+async def qmp(socket: Path, execute: str) -> dict[str, Any]:
+    """Run one QMP command and return its reply (``{"return": ...}`` or ``{"error": ...}``)."""
+
+    async def talk() -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(str(socket))
+        try:
+            await reader.readline()  # greeting
+            for cmd in ("qmp_capabilities", execute):
+                writer.write(json.dumps({"execute": cmd}).encode() + b"\n")
+                await writer.drain()
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return {"return": {}}  # QEMU exited (quit answers by leaving)
+                    reply: dict[str, Any] = json.loads(line)
+                    if "event" not in reply:
+                        break
+            return reply
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(talk(), QMP_TIMEOUT)

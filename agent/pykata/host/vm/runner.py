@@ -1,0 +1,286 @@
+"""Boot a kernel + initrd in QEMU with virtio-fs and vsock, and tear it all down again.
+
+    async with VM(kernel, initrd, shared_dir=folder) as vm:
+        await vm.wait_console("announce")
+        client = await Client.connect(vm.agent_address)
+
+Processes: virtiofsd (when a shared folder is given), our vhost-user-vsock back-end (when
+the host has no /dev/vhost-vsock), QEMU. Every process and socket goes away on ``stop()``,
+which the context manager also runs on errors, test failures and Ctrl-C (cancellation).
+Non-detached children also die with their parent (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from pykata.host.vm import qemu, virtiofsd
+from pykata.host.vm.kvm import kvm_works
+from pykata.host.vm.state import AGENT_PORT
+
+log = logging.getLogger(__name__)
+
+VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
+PR_SET_PDEATHSIG = 1
+UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
+
+
+class VMError(Exception):
+    """The VM or one of its helper processes failed to start or died."""
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _listening(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/net/unix") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == target and int(fields[3], 16) & UNIX_LISTENING:
+                return True
+    return False
+
+
+class VM:
+    def __init__(
+        self,
+        kernel: Path,
+        initrd: Path,
+        *,
+        shared_dir: Path | None = None,
+        workdir: Path | None = None,
+        name: str = "pykata",
+        memory_mib: int = 1024,
+        cpus: int = 1,
+        append: str = "",
+        accel: str | None = None,
+        guest_cid: int = 3,
+        detach: bool = False,
+        start_timeout: float = 30.0,
+    ) -> None:
+        """``accel`` None probes KVM and falls back to TCG; ``detach`` lets the processes
+        outlive this one (``kata-agent-ctl vm up``)."""
+        self.kernel = Path(kernel)
+        self.initrd = Path(initrd)
+        self.shared_dir = Path(shared_dir) if shared_dir is not None else None
+        self._own_workdir = workdir is None
+        # Short paths: unix socket names are limited to 107 bytes.
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pykata-vm-"))
+        self.name = name
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.append = append
+        self.accel = accel
+        self.guest_cid = guest_cid
+        self.detach = detach
+        self.start_timeout = start_timeout
+        self.kernel_vsock = VHOST_VSOCK_DEVICE.exists()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[BinaryIO] = []
+
+    # paths and addresses
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+    @property
+    def hybrid_socket(self) -> Path:
+        """The hybrid vsock socket (``CONNECT <port>``); guest dials land on ``<it>_<port>``."""
+        return self.workdir / "vsock.sock"
+
+    def vsock_address(self, port: int) -> str:
+        if self.kernel_vsock:
+            return f"vsock://{self.guest_cid}:{port}"
+        return f"hvsock://{self.hybrid_socket}:{port}"
+
+    @property
+    def agent_address(self) -> str:
+        return self.vsock_address(AGENT_PORT)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {role: proc.pid for role, proc in self.procs.items()}
+
+    def _sockets(self) -> list[Path]:
+        names = ["qmp.sock", "vhost-vsock.sock", "vsock.sock", "virtiofsd.sock"]
+        return [self.workdir / n for n in names] + list(self.workdir.glob("vsock.sock_*"))
+
+    # lifecycle
+
+    async def __aenter__(self) -> VM:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for sock in self._sockets():
+            sock.unlink(missing_ok=True)
+        self.console_log.unlink(missing_ok=True)
+        try:
+            if self.accel is None:
+                self.accel = "kvm" if await asyncio.to_thread(kvm_works, self.kernel) else "tcg"
+            virtiofs_socket = await self._start_virtiofsd() if self.shared_dir else None
+            vsock: qemu.VhostUserVsock | qemu.KernelVsock
+            if self.kernel_vsock:
+                vsock = qemu.KernelVsock(self.guest_cid)
+            else:
+                vsock = qemu.VhostUserVsock(await self._start_vsock_backend())
+            spec = qemu.MachineSpec(
+                kernel=self.kernel,
+                initrd=self.initrd,
+                append=self.append,
+                accel=self.accel,
+                memory_mib=self.memory_mib,
+                cpus=self.cpus,
+                console_log=self.console_log,
+                qmp_socket=self.workdir / "qmp.sock",
+                vsock=vsock,
+                virtiofs_socket=virtiofs_socket,
+                name=self.name,
+            )
+            self._spawn("qemu", qemu.command(spec))
+            log.info("VM %s: QEMU started (%s)", self.name, self.accel)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _spawn(
+        self, role: str, cmd: list[str], stdout: int | None = None
+    ) -> subprocess.Popen[bytes]:
+        logfile = open(self.workdir / f"{role}.log", "wb")  # noqa: SIM115 (lives with the child)
+        self._logs.append(logfile)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else logfile,
+            stderr=logfile,
+            start_new_session=self.detach,
+            preexec_fn=None if self.detach else _die_with_parent,
+        )
+        self.procs[role] = proc
+        return proc
+
+    async def _start_virtiofsd(self) -> Path:
+        assert self.shared_dir is not None
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        socket = self.workdir / "virtiofsd.sock"
+        proc = self._spawn("virtiofsd", virtiofsd.command(socket, self.shared_dir))
+        deadline = time.monotonic() + self.start_timeout
+        while not _listening(socket):
+            self._check_alive("virtiofsd", proc)
+            if time.monotonic() > deadline:
+                raise VMError(f"virtiofsd did not listen on {socket} in {self.start_timeout}s")
+            await asyncio.sleep(0.02)
+        return socket
+
+    async def _start_vsock_backend(self) -> Path:
+        socket = self.workdir / "vhost-vsock.sock"
+        cmd = [
+            sys.executable, "-m", "pykata.host.vsock", "--socket", str(socket),
+            "--uds-path", str(self.hybrid_socket), "--guest-cid", str(self.guest_cid),
+        ]  # fmt: skip
+        proc = self._spawn("vsock", cmd, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(
+                asyncio.to_thread(proc.stdout.readline), self.start_timeout
+            )
+        except TimeoutError:
+            raise VMError(f"vsock back-end not ready in {self.start_timeout}s") from None
+        if line.strip() != b"READY":
+            self._check_alive("vsock", proc)
+            raise VMError(f"vsock back-end said {line!r} instead of READY")
+        return socket
+
+    def _check_alive(self, role: str, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            tail = (self.workdir / f"{role}.log").read_text(errors="replace")[-2000:]
+            raise VMError(f"{role} exited with status {proc.returncode}:\n{tail}")
+
+    def check_running(self) -> None:
+        """Raise VMError when any of the VM's processes has died."""
+        for role, proc in self.procs.items():
+            self._check_alive(role, proc)
+
+    async def wait_console(self, pattern: str, within: float = 120.0) -> str:
+        """Wait for a console line matching ``pattern`` (a regex); returns the line."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + within
+        while True:
+            text = self.console_log.read_text(errors="replace") if self.console_log.exists() else ""
+            for line in text.splitlines():
+                if regex.search(line):
+                    return line
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise VMError(f"no console line matching {pattern!r} within {within}s")
+            await asyncio.sleep(0.1)
+
+    async def stop(self, powerdown_timeout: float = 0.0) -> None:
+        """Power off (ACPI, if a timeout is given), then quit QEMU; stop the helpers."""
+        qemu_proc = self.procs.get("qemu")
+        if qemu_proc is not None and qemu_proc.poll() is None:
+            qmp_socket = self.workdir / "qmp.sock"
+            if powerdown_timeout > 0:
+                with contextlib.suppress(OSError, TimeoutError):
+                    await qemu.qmp(qmp_socket, "system_powerdown")
+                    await _wait(qemu_proc, powerdown_timeout)
+            if qemu_proc.poll() is None:
+                with contextlib.suppress(OSError, TimeoutError, ValueError):
+                    await qemu.qmp(qmp_socket, "quit")
+        for role in ("qemu", "vsock", "virtiofsd"):
+            proc = self.procs.get(role)
+            if proc is not None:
+                await _terminate(proc)
+        self.procs.clear()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+        for sock in self._sockets():
+            sock.unlink(missing_ok=True)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def _wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if await _wait(proc, 2.0):
+        return
+    proc.terminate()
+    if not await _wait(proc, 5.0):
+        proc.kill()
+        await _wait(proc, 5.0)
+    if proc.stdout is not None:
+        proc.stdout.close()

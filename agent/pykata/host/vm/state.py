@@ -1,0 +1,79 @@
+"""The state file of a VM started by ``kata-agent-ctl vm up``, for later CLI calls.
+
+``${XDG_RUNTIME_DIR:-/run}/pykata/vms/<name>/vm.json`` holds the agent address
+(``hvsock:///…/vsock.sock:1024`` or ``vsock://CID:1024``), the host side of the shared
+folder (tag kataShared; laid out like Kata's
+``/run/kata-containers/shared/sandboxes/<id>/shared``), the console log and the pids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+AGENT_PORT = 1024
+
+
+def runtime_root() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/run") / "pykata"
+
+
+def vm_dir(name: str) -> Path:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"bad VM name {name!r}")
+    return runtime_root() / "vms" / name
+
+
+def default_shared_dir(name: str) -> Path:
+    return runtime_root() / "shared" / "sandboxes" / name / "shared"
+
+
+@dataclass
+class VMState:
+    name: str
+    agent_address: str
+    shared_dir: str
+    console_log: str
+    workdir: str
+    accel: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return vm_dir(self.name) / "vm.json"
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def running(self) -> dict[str, bool]:
+        return {role: _alive(pid) for role, pid in self.pids.items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load(name: str) -> VMState:
+    """The state of VM ``name``; FileNotFoundError when no such VM was started."""
+    path = vm_dir(name) / "vm.json"
+    data = json.loads(path.read_text())
+    return VMState(**data)
+
+
+def names() -> list[str]:
+    root = runtime_root() / "vms"
+    return sorted(p.parent.name for p in root.glob("*/vm.json")) if root.exists() else []
