@@ -4,8 +4,9 @@ One agent per test module (module scope), so modules are isolated from each othe
 whose last test calls DestroySandbox sees that agent exit, as it would in a VM. The agent's
 JSON log goes to a file whose tail is attached to the report of every failing test.
 
-Modules may override ``agent_env`` (extra environment) or ``agent_args`` (command-line
-arguments) with their own module-scoped fixtures.
+Modules may override ``agent_env`` (extra environment), ``agent_args`` (command-line
+arguments), ``agent_wrapper`` (a command to start the agent under) or ``agent_address`` with
+their own module-scoped fixtures.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def agent_args() -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def agent_wrapper() -> list[str]:
+    """A command the agent is started under (e.g. unshare to make it a PID 1)."""
+    return []
+
+
+@pytest.fixture(scope="module")
 def agent_log(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("agent") / "agent.log"
     _logs_by_module[str(request.path)] = path
@@ -109,7 +116,11 @@ def agent_address() -> str:
 
 @pytest.fixture(scope="module")
 def agent_process(
-    agent_address: str, agent_log: Path, agent_env: dict[str, str], agent_args: list[str]
+    agent_address: str,
+    agent_log: Path,
+    agent_env: dict[str, str],
+    agent_args: list[str],
+    agent_wrapper: list[str],
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = dict(os.environ)
     env.pop("INVOCATION_ID", None)  # never pick the host's kernel command line up
@@ -117,7 +128,7 @@ def agent_process(
     env.update(agent_env)
     with agent_log.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pykata.agent", *agent_args],
+            [*agent_wrapper, sys.executable, "-m", "pykata.agent", *agent_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -77,11 +77,19 @@ def _mount_once(source: str, target: str, fstype: str, flags: int, data: str) ->
         logger.error("mount failed", extra={"target": target, "error": str(exc)})
 
 
+def _own_proc() -> bool:
+    """/proc is mounted and shows our pid namespace (as its init we are "1" there)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
 def mount_base() -> None:
     # /proc must come first: fstype_of() reads /proc/self/mountinfo.
     source, target, fstype, flags, data = BASE_MOUNTS[0]
     os.makedirs(target, exist_ok=True)
-    if not os.path.exists("/proc/self"):
+    if not _own_proc():
         try:
             mount(source, target, fstype, flags, data)
         except OSError as exc:

@@ -1,0 +1,111 @@
+"""The agent as PID 1, without a VM: started by ``unshare`` in new PID, mount, network, UTS
+and IPC namespaces it mounts its own /proc, /sys, /dev, /run and cgroups, brings its own
+``lo`` up, bind-mounts the sandbox resolv.conf over /etc/resolv.conf, and "powers off" on
+DestroySandbox: reboot(2) from the init of a child PID namespace only ends that namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pykata.protocols import agent_pb2
+
+pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare(1) missing")
+
+
+@pytest.fixture(scope="module")
+def socket_dir() -> Iterator[Path]:
+    # Abstract sockets belong to a network namespace; a path in /tmp is seen from both sides.
+    with tempfile.TemporaryDirectory(prefix="pykata-pid1-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="module")
+def agent_address(socket_dir: Path) -> str:
+    return f"unix://{socket_dir}/agent.sock"
+
+
+@pytest.fixture(scope="module")
+def agent_wrapper() -> list[str]:
+    return [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--propagation=private",
+        "--net",
+        "--uts",
+        "--ipc",
+    ]
+
+
+@pytest.fixture(scope="module")
+def init_pid(agent_process: subprocess.Popen[bytes]) -> int:
+    """The agent's pid as seen from here (the child of unshare)."""
+    with open(f"/proc/{agent_process.pid}/task/{agent_process.pid}/children") as f:
+        (pid,) = f.read().split()
+    # Everything below relies on the agent being init of its own PID namespace only.
+    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    return int(pid)
+
+
+def mounts_of(pid: int) -> dict[str, str]:
+    result = {}
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            result[left.split()[4]] = right.split()[0]
+    return result
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def test_init_mounts_and_loopback(init_pid: int) -> None:
+    mounts = mounts_of(init_pid)
+    assert mounts["/proc"] == "proc"
+    assert mounts["/sys"] == "sysfs"
+    assert mounts["/dev"] == "devtmpfs"
+    assert mounts["/dev/pts"] == "devpts"
+    assert mounts["/dev/shm"] == "tmpfs"
+    assert mounts["/run"] == "tmpfs"
+    assert mounts["/sys/fs/cgroup"] == "cgroup2"
+    assert os.readlink(f"/proc/{init_pid}/root/dev/ptmx") == "pts/ptmx"
+    flags = int(read(f"/proc/{init_pid}/root/sys/class/net/lo/flags"), 16)
+    assert flags & 0x1  # IFF_UP in the agent's own network namespace
+
+
+def test_announce_says_init(agent_log: Path) -> None:
+    assert '"init-daemon": true' in agent_log.read_text().splitlines()[0]
+
+
+async def test_guest_details_report_init_daemon(agent: Any, init_pid: int) -> None:
+    resp = await agent.GetGuestDetails(agent_pb2.GuestDetailsRequest())
+    assert resp.agent_details.init_daemon
+
+
+async def test_dns_is_bind_mounted_over_resolv_conf(agent: Any, init_pid: int) -> None:
+    host_resolv = read("/etc/resolv.conf")
+    await agent.CreateSandbox(
+        agent_pb2.CreateSandboxRequest(hostname="pid1-pod", dns=["nameserver 192.0.2.53"])
+    )
+    assert read(f"/proc/{init_pid}/root/etc/resolv.conf") == "nameserver 192.0.2.53\n"
+    assert read("/etc/resolv.conf") == host_resolv
+
+
+async def test_destroy_sandbox_powers_off(
+    agent: Any, agent_process: subprocess.Popen[bytes], init_pid: int
+) -> None:
+    await agent.DestroySandbox(agent_pb2.DestroySandboxRequest())
+    agent_process.wait(timeout=15)
+    assert not os.path.exists(f"/proc/{init_pid}")
