@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from guest_echo.build import build_guest
-
 from pykata.host.vm.runner import VM
 
 pytestmark = [
@@ -77,9 +76,12 @@ async def vm(vm_workdir: Path) -> AsyncIterator[VM]:
         await machine.wait_console("guest-echo: ready", within=120)
         yield machine
         pids = list(machine.pids.values())
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
-    assert not list((vm_workdir / "vm").glob("*.sock*")), "sockets left behind"
+    assert_cleaned_up(pids, vm_workdir / "vm")
+
+
+def assert_cleaned_up(pids: list[int], workdir: Path) -> None:
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "processes left behind"
+    assert not list(workdir.glob("*.sock*")), "sockets left behind"
 
 
 async def test_connect_handshake_and_echo(vm: VM) -> None:
@@ -208,7 +210,7 @@ async def test_guest_initiated_connection(vm: VM) -> None:
         writer.close()
     finally:
         server.close()
-        Path(f"{vm.hybrid_socket}_{port}").unlink(missing_ok=True)
+        os.unlink(f"{vm.hybrid_socket}_{port}")
 
 
 async def test_guest_connection_to_unserved_port_is_refused(vm: VM) -> None:
