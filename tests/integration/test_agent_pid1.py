@@ -66,6 +66,10 @@ def mounts_of(pid: int) -> dict[str, str]:
     return result
 
 
+def alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
 def read(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -108,4 +112,4 @@ async def test_destroy_sandbox_powers_off(
 ) -> None:
     await agent.DestroySandbox(agent_pb2.DestroySandboxRequest())
     agent_process.wait(timeout=15)
-    assert not os.path.exists(f"/proc/{init_pid}")
+    assert not alive(init_pid)
