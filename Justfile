@@ -59,3 +59,7 @@ demo: setup
 # ttRPC: Go reference client against the Go server and ours (calls/s, p50/p99, ratio).
 bench-ttrpc: setup
     {{python}} tests/bench/bench_ttrpc.py
+
+# Agent: container create+start, exec and stdout via the agent vs the OCI runtime alone; RSS.
+bench-agent *args: setup
+    {{python}} tests/bench/bench_agent.py {{args}}

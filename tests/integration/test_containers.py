@@ -59,7 +59,7 @@ def container_spec(cid: str, args: list[str], **resources: Any) -> oci_pb2.Spec:
             "resources": resources,
         },
     }
-    return from_dict(spec, oci_pb2.Spec())  # type: ignore[return-value]
+    return from_dict(spec, oci_pb2.Spec())
 
 
 def process_spec(args: list[str], *, terminal: bool = False) -> oci_pb2.Process:
@@ -101,7 +101,7 @@ def sandbox(agent_address: str, agent_process: subprocess.Popen[bytes]) -> set[s
 
 async def read_all(agent: Any, cid: str, eid: str, *, stderr: bool = False) -> bytes:
     read = agent.ReadStderr if stderr else agent.ReadStdout
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         resp = await read(
             agent_pb2.ReadStreamRequest(container_id=cid, exec_id=eid, len=64 * 1024), timeout=60

@@ -7,7 +7,7 @@ the JSON names follow from them by a fixed rule, with a few historical exception
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -16,6 +16,8 @@ from google.protobuf.message import Message
 EXCEPTIONS = {"Version": "ociVersion", "Pagesize": "pageSize", "errnoret": "errnoRet"}
 # Parts of the spec the guest has no use for.
 SKIPPED = {"Solaris", "Windows"}
+
+M = TypeVar("M", bound=Message)
 
 _LEADING_CAPS = re.compile(r"^([A-Z0-9]+)(?=[A-Z][a-z]|$)|^([A-Z])")
 
@@ -47,7 +49,7 @@ def to_dict(message: Message) -> dict[str, Any]:
     return result
 
 
-def from_dict(data: dict[str, Any], message: Message) -> Message:
+def from_dict(data: dict[str, Any], message: M) -> M:
     """Fill ``message`` from OCI JSON (unknown keys are ignored); returns it."""
     by_json = {json_name(f.name): f for f in message.DESCRIPTOR.fields}
     for key, value in data.items():
