@@ -1,0 +1,73 @@
+"""The running agent: reaper, sandbox and ttRPC server until DestroySandbox or a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from pykata.agent import log, pid1, server
+from pykata.agent.config import AgentConfig
+from pykata.agent.reaper import Reaper
+from pykata.agent.sandbox import Sandbox
+from pykata.ttrpc import Server
+
+logger = log.get("main")
+
+LISTEN_ATTEMPTS = 20
+LISTEN_RETRY_DELAY = 0.5
+# After DestroySandbox answered: time for the reply to leave before connections close.
+REPLY_GRACE = 0.2
+
+
+async def _listen(server: Server, address: str) -> None:
+    for attempt in range(1, LISTEN_ATTEMPTS + 1):
+        try:
+            await server.listen(address)
+            return
+        except OSError as exc:
+            # In a fresh guest the vsock transport module may still be loading.
+            if attempt == LISTEN_ATTEMPTS:
+                raise
+            logger.warning("cannot listen yet", extra={"address": address, "error": str(exc)})
+            await asyncio.sleep(LISTEN_RETRY_DELAY)
+
+
+async def serve(config: AgentConfig) -> None:
+    reaper = Reaper()
+    reaper.start()
+    sandbox = Sandbox(config, reaper)
+    ttrpc_server = server.build(sandbox)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if not pid1.is_pid1():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    await _listen(ttrpc_server, config.server_addr)
+    logger.info("agent ready", extra={"address": config.server_addr})
+    background: list[asyncio.Task[None]] = []
+    if config.debug_console:
+        from pykata.agent import console  # only then: it costs memory
+
+        background.append(asyncio.ensure_future(console.serve(reaper, config.debug_console_vport)))
+    destroyed = asyncio.ensure_future(sandbox.destroyed.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({destroyed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if sandbox.destroyed.is_set():
+        await asyncio.sleep(REPLY_GRACE)
+    await ttrpc_server.close()
+    if not sandbox.destroyed.is_set():
+        logger.info("signalled: cleaning the sandbox up before exit")
+        await sandbox.destroy()
+    for task in (*background, destroyed, stopped):
+        task.cancel()
+    reaper.stop()
+
+
+def run(config: AgentConfig) -> int:
+    try:
+        asyncio.run(serve(config))
+        logger.info("agent stopped")
+        return 0
+    except Exception:
+        logger.exception("agent failed")
+        return 1
