@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,11 @@ import pytest
 pytestmark = pytest.mark.root
 
 CTL = [sys.executable, "-m", "pykata.host.ctl.main"]
+# Container folders live in the host's /run/kata-containers: ids unique to this run.
+RUN = secrets.token_hex(3)
+ECHO_ID, LONG_ID, TRAP_ID, INT_ID = (
+    f"ctl-{name}-{RUN}" for name in ("echo", "long", "trap", "int")
+)
 
 
 class Ctl:
@@ -60,9 +67,11 @@ def ctl(
     return Ctl(agent_address, tmp_path_factory.mktemp("ctl-runtime"))
 
 
-def shared_mounts() -> list[str]:
+def shared_mounts(container_id: str) -> list[str]:
+    """Host mounts made for the container (other tests may share the host's folder)."""
+    path = f"/run/kata-containers/shared/containers/{container_id}/"
     with open("/proc/self/mountinfo") as mountinfo:
-        return [line for line in mountinfo if "/run/kata-containers/shared/containers/" in line]
+        return [line for line in mountinfo if path in line]
 
 
 def wait_listed(ctl: Ctl, container_id: str) -> None:
@@ -96,9 +105,10 @@ def test_connect_not_found_exits_1_with_code_name(ctl: Ctl) -> None:
 
 
 def test_run_echo(ctl: Ctl, busybox_rootfs: Path) -> None:
-    done = ctl("run", str(busybox_rootfs), "--", "echo", "hi")
+    done = ctl("run", "--id", ECHO_ID, str(busybox_rootfs), "--", "echo", "hi")
     assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
-    assert shared_mounts() == []
+    assert shared_mounts(ECHO_ID) == []
+    assert not Path(f"/run/kata-containers/shared/containers/{ECHO_ID}").exists()
 
 
 def test_run_returns_exit_code_and_separates_stderr(ctl: Ctl, busybox_rootfs: Path) -> None:
@@ -121,22 +131,49 @@ def test_run_without_interactive_gives_eof_on_stdin(ctl: Ctl, busybox_rootfs: Pa
 
 
 def test_exec_ps_and_stop(ctl: Ctl, busybox_rootfs: Path) -> None:
-    runner = ctl.start("run", "--id", "ctl-long", str(busybox_rootfs), "--", "sleep", "300")
+    runner = ctl.start("run", "--id", LONG_ID, str(busybox_rootfs), "--", "sleep", "300")
     try:
-        wait_listed(ctl, "ctl-long")
+        wait_listed(ctl, LONG_ID)
         ps = ctl("ps")
         assert "sleep 300" in ps.stdout and "running" in ps.stdout
-        done = ctl("exec", "ctl-long", "--", "sh", "-c", "echo from exec; exit 5")
+        done = ctl("exec", LONG_ID, "--", "sh", "-c", "echo from exec; exit 5")
         assert (done.returncode, done.stdout) == (5, "from exec\n"), done.stderr
         assert ctl("exec", "nosuchcontainer", "--", "true").returncode == 125
-        assert ctl("stop", "ctl-long", "--time", "5").returncode == 0
+        assert ctl("stop", LONG_ID, "--time", "5").returncode == 0
         # The container's init ignores SIGTERM (PID 1 without a handler): it gets SIGKILL.
         assert runner.wait(timeout=60) == 137
     finally:
         runner.kill()
         runner.communicate()
-    assert "ctl-long" not in ctl("ps").stdout
-    assert shared_mounts() == []
+    assert LONG_ID not in ctl("ps").stdout
+    assert shared_mounts(LONG_ID) == []
+
+
+def test_run_forwards_signals(ctl: Ctl, busybox_rootfs: Path) -> None:
+    script = "trap 'exit 42' INT; echo ready; while :; do sleep 0.1; done"
+    runner = ctl.start("run", "--id", TRAP_ID, str(busybox_rootfs), "--", "sh", "-c", script)
+    try:
+        assert runner.stdout is not None
+        assert runner.stdout.readline() == "ready\n"
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 42
+    finally:
+        runner.kill()
+        runner.communicate()
+
+
+def test_second_interrupt_kills(ctl: Ctl, busybox_rootfs: Path) -> None:
+    runner = ctl.start("run", "--id", INT_ID, str(busybox_rootfs), "--", "sleep", "300")
+    try:
+        wait_listed(ctl, INT_ID)
+        # sleep as the container's init has no SIGINT handler, so the first one is ignored.
+        runner.send_signal(signal.SIGINT)
+        time.sleep(1)  # two signals sent at once would merge into one pending signal
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 137
+    finally:
+        runner.kill()
+        runner.communicate()
 
 
 def test_destroy(ctl: Ctl) -> None:

@@ -37,6 +37,7 @@ class ProcessIO:
         self.terminal = terminal
         self.stdin = stdin or terminal
         self.background: set[asyncio.Future[Any]] = set()
+        self.interrupts = 0
 
     async def run(self) -> int:
         """Streams until the process exits and returns its exit code (128+N for signal N)."""
@@ -123,6 +124,10 @@ class ProcessIO:
         if signum == signal.SIGWINCH:
             call: Awaitable[Any] = self.resize()
         else:
+            # An init without a handler ignores SIGINT: a second Ctrl-C must still end it.
+            if signum == signal.SIGINT:
+                self.interrupts += 1
+                signum = signal.SIGKILL if self.interrupts > 1 else signum
             call = self.session.agent_empty(
                 "SignalProcess",
                 agent_pb2.SignalProcessRequest(
@@ -131,7 +136,13 @@ class ProcessIO:
             )
         task = asyncio.ensure_future(call)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self.signal_done)
+
+    def signal_done(self, task: asyncio.Future[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Typically the process exited meanwhile; the exit code tells the rest.
+            print(f"kata-agent-ctl: {task.exception()}", file=sys.stderr)
 
 
 async def stdin_chunks() -> AsyncIterator[bytes]:
