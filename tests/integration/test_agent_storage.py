@@ -159,3 +159,33 @@ async def test_bad_driver_options(base: Path) -> None:
             [StorageSpec(driver="watchable-bind", source="/etc", mount_point=str(base / "b"))]
         )
     assert not (base / "e").exists() and not (base / "b").exists()
+
+
+def hugepages_2m() -> Path:
+    return Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+
+
+@pytest.mark.skipif(not hugepages_2m().exists(), reason="no 2 MiB hugepage support")
+async def test_hugetlbfs(base: Path) -> None:
+    # Ask for exactly the pages the host already has reserved: nothing changes for it.
+    pages = int(hugepages_2m().read_text())
+    manager = StorageManager()
+    point = base / "hugepages"
+    await manager.add(
+        [
+            StorageSpec(
+                driver="ephemeral",
+                source="nodev",
+                fstype="hugetlbfs",
+                options=[f"pagesize={2 << 20}", f"size={pages * (2 << 20)}"],
+                mount_point=str(point),
+            )
+        ]
+    )
+    assert mounted(point) == "hugetlbfs"
+    await manager.remove([str(point)])
+    assert mounted(point) is None
+    with pytest.raises(InvalidArgument, match="pagesize"):
+        await manager.add(
+            [StorageSpec(driver="ephemeral", fstype="hugetlbfs", mount_point=str(point))]
+        )
