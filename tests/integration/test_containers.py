@@ -231,13 +231,16 @@ async def test_lifecycle_io_signals_stats(
             agent_pb2.TtyWinResizeRequest(container_id=cid, exec_id=cid, row=1, column=1)
         )
 
-    # signals: SIGTERM and SIGKILL deaths of exec'd processes
+    # signals: SIGTERM and SIGKILL deaths of exec'd processes; every waiter is woken
     for eid, sig, code in (("term", signal.SIGTERM, 143), ("kill", signal.SIGKILL, 137)):
         await exec_in(agent, cid, eid, ["sleep", "1000"])
+        with pytest.raises(AlreadyExists):
+            await exec_in(agent, cid, eid, ["true"])
+        waiters = [asyncio.ensure_future(wait(agent, cid, eid)) for _ in range(3)]
         await agent.SignalProcess(
             agent_pb2.SignalProcessRequest(container_id=cid, exec_id=eid, signal=sig)
         )
-        assert await wait(agent, cid, eid) == code
+        assert await asyncio.gather(*waiters) == [code] * 3
 
     # stats
     stats = await agent.StatsContainer(agent_pb2.StatsContainerRequest(container_id=cid))
