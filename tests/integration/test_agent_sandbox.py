@@ -253,12 +253,25 @@ async def test_update_ephemeral_mounts(agent: Any) -> None:
     await agent.UpdateEphemeralMounts(
         agent_pb2.UpdateEphemeralMountsRequest(
             storages=[
-                agent_pb2.Storage(driver="ephemeral", fstype="tmpfs", mount_point=EPHEMERAL),
+                agent_pb2.Storage(
+                    driver="ephemeral",
+                    fstype="tmpfs",
+                    options=["remount", "size=16m"],
+                    mount_point=EPHEMERAL,
+                ),
                 agent_pb2.Storage(driver="ephemeral", fstype="tmpfs", mount_point=extra),
             ]
         )
     )
     assert dict(mount_points())[extra] == "tmpfs"
+    resized = os.statvfs(EPHEMERAL)
+    assert resized.f_blocks * resized.f_frsize == 16 * 1024 * 1024
+    with pytest.raises(InvalidArgument, match="local"):
+        await agent.UpdateEphemeralMounts(
+            agent_pb2.UpdateEphemeralMountsRequest(
+                storages=[agent_pb2.Storage(driver="ephemeral", mount_point=LOCAL)]
+            )
+        )
     with pytest.raises(InvalidArgument):
         await agent.UpdateEphemeralMounts(
             agent_pb2.UpdateEphemeralMountsRequest(

@@ -12,6 +12,7 @@ from pykata.agent import copyfile, guest, log, metrics
 from pykata.agent.mount import mount_points
 from pykata.agent.rpc.storages import storage_specs
 from pykata.agent.sandbox import KernelModule, Sandbox
+from pykata.agent.storage import ephemeral
 from pykata.agent.validation import validate_under
 from pykata.protocols import agent_pb2, csi_pb2
 from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -120,9 +121,22 @@ class SandboxHandlers:
                 raise InvalidArgument(
                     f"only ephemeral storages can be updated, not {spec.driver!r}"
                 )
-        # Already mounted ones keep their mount; new ones are added as sandbox storages.
-        new = [s for s in specs if self.sandbox.storages.refs(s.mount_point) == 0]
-        self.sandbox.mounts += await self.sandbox.storages.add(new)
+        # Mounted ones get their new options (the runtime sends remount,size=... after a
+        # memory resize); others become new sandbox storages.
+        manager = self.sandbox.storages
+        new = []
+        for spec in specs:
+            driver = manager.driver_of(validate_under(spec.mount_point))
+            if driver is None:
+                new.append(spec)
+            elif driver != "ephemeral":
+                raise InvalidArgument(f"{spec.mount_point} is a {driver} storage")
+            elif spec.options:
+                try:
+                    ephemeral.remount(spec)
+                except OSError as exc:
+                    raise FailedPrecondition(f"remount {spec.mount_point}: {exc}") from exc
+        self.sandbox.mounts += await manager.add(new)
         return _empty()
 
     async def RemoveStaleVirtiofsShareMounts(

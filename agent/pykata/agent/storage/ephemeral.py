@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pykata.agent import log
-from pykata.agent.mount import mount, parse_options
+from pykata.agent.mount import MS_REMOUNT, mount, parse_options
 from pykata.agent.storage.manager import (
     Attached,
     StorageSpec,
@@ -41,6 +41,12 @@ def reserve_hugepages(options: list[str]) -> None:
         got = int(f.read().strip() or 0)
     if got != wanted:
         raise OSError(f"only {got} of {wanted} hugepages of {pagesize} bytes allocated")
+
+
+def remount(spec: StorageSpec) -> None:
+    """Apply new options (e.g. ``remount,size=2048M`` after memory hotplug) to a mounted one."""
+    flags, data = parse_options(o for o in spec.options if not o.startswith(FSGID + "="))
+    mount(spec.source or "none", spec.mount_point, None, flags | MS_REMOUNT, data)
 
 
 def attach(spec: StorageSpec, cid: str | None) -> Attached:

@@ -139,6 +139,10 @@ class StorageManager:
     def driver_names(self) -> list[str]:
         return sorted(self._drivers)
 
+    def driver_of(self, mount_point: str) -> str | None:
+        entry = self._entries.get(_normal(mount_point))
+        return entry.driver if entry else None
+
     def refs(self, mount_point: str) -> int:
         entry = self._entries.get(_normal(mount_point))
         return entry.refs if entry else 0
