@@ -24,6 +24,9 @@ from pykata.agent.cgroups.stats import (
 )
 from pykata.agent.fdready import readable
 
+# Bound on waiting for a freezer state change (steps of 10 ms: 5 s).
+FREEZE_STEPS = 500
+
 # cpuacct.stat counts in USER_HZ ticks.
 NS_PER_TICK = 10**9 // os.sysconf("SC_CLK_TCK")
 
@@ -97,9 +100,12 @@ class CgroupV1:
         wanted = "FROZEN" if frozen else "THAWED"
         state.write_text(wanted)
         # FREEZING is transient: write again until every task is stopped.
-        while state.read_text().strip() != wanted:
+        for _ in range(FREEZE_STEPS):
+            if state.read_text().strip() == wanted:
+                return
             await asyncio.sleep(0.01)
             state.write_text(wanted)
+        raise TimeoutError(f"cgroup {self.path} did not reach {wanted}")
 
     def stats(self) -> CgroupStats:
         return CgroupStats(

@@ -26,6 +26,9 @@ from pykata.agent.cgroups.stats import (
 )
 from pykata.agent.fdready import readable
 
+# Bound on waiting for a freeze state change (steps of 10 ms: 5 s).
+FREEZE_STEPS = 500
+
 IN_MODIFY = 0x2
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
@@ -82,7 +85,7 @@ class CgroupV2:
         (self.dir / "cgroup.freeze").write_text("1" if frozen else "0")
         wanted = f"frozen {1 if frozen else 0}"
         # cgroup.events reports when every task has actually stopped (or resumed).
-        for _ in range(500):
+        for _ in range(FREEZE_STEPS):
             events = (self.dir / "cgroup.events").read_text().splitlines()
             if wanted in events:
                 return

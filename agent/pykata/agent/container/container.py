@@ -214,7 +214,7 @@ class Container:
     async def update(self, resources: dict[str, Any]) -> None:
         if self.state is State.STOPPED:
             raise FailedPrecondition(f"container {self.id} is stopped")
-        await self.runtime.update(self.id, resources)
+        await self.runtime.update(self.id, self.bundle.path, resources)
 
     async def signal_all(self, sig: int) -> None:
         """Signal every task in the cgroup, frozen meanwhile so none can fork away."""
@@ -252,10 +252,11 @@ class Container:
             await self.forget(process)
         for process in list(self.draining.values()):
             await self.release_output(process)
-        if self._oom_task is not None:
-            self._oom_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._oom_task
+        for task in (self._oom_task, self._init_tracker):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.cgroup.remove()
         self.bundle.remove()
         await self.storage_manager.remove(self.storages)

@@ -51,9 +51,9 @@ class OciRuntime:
             argv += ["--log", log_file, "--log-format", "json"]
         return [*argv, *args]
 
-    async def _call(self, *args: str, input: bytes | None = None) -> bytes:
+    async def _call(self, *args: str) -> bytes:
         argv = self._argv(*args)
-        code, out, err = await self.reaper.run(argv, input=input, timeout=COMMAND_TIMEOUT)
+        code, out, err = await self.reaper.run(argv, timeout=COMMAND_TIMEOUT)
         if code != 0:
             message = (err or out).decode(errors="replace").strip()
             raise RuntimeFailure(f"{self.name} {args[0]} failed (exit {code}): {message}")
@@ -155,10 +155,15 @@ class OciRuntime:
     async def resume(self, container_id: str) -> None:
         await self._call("resume", container_id)
 
-    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
-        await self._call(
-            "update", "--resources", "-", container_id, input=json.dumps(resources).encode()
-        )
+    async def update(self, container_id: str, bundle: str, resources: dict[str, Any]) -> None:
+        # A file rather than "-": not every runtime reads the resources from stdin.
+        path = os.path.join(bundle, "resources.json")
+        write_json(path, resources)
+        try:
+            await self._call("update", "--resources", path, container_id)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     async def state(self, container_id: str) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(await self._call("state", container_id))
