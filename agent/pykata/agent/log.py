@@ -16,6 +16,8 @@ import queue
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -89,16 +91,20 @@ class StreamHandler(logging.Handler):
 class SocketLogHandler(logging.Handler):
     """Streams log lines to the client of a listening socket (the log vport).
 
-    A thread accepts one client at a time and sends queued lines to it; lines logged before
+    A thread creates the listener (retrying: in a fresh guest the vsock transport may still be
+    loading), accepts one client at a time and sends it the queued lines; lines logged before
     a client arrives wait in a bounded queue (the oldest are dropped when it is full) so
     logging never blocks the agent.
     """
 
     QUEUE_LINES = 10000
+    LISTEN_ATTEMPTS = 60
+    LISTEN_RETRY_DELAY = 0.5
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listen: Callable[[], socket.socket], fallback: TextIO) -> None:
         super().__init__()
-        self._listener = listener
+        self._listen = listen
+        self._fallback = fallback
         self._lines: queue.Queue[bytes] = queue.Queue(self.QUEUE_LINES)
         self._thread = threading.Thread(target=self._serve, name="log-vport", daemon=True)
         self._thread.start()
@@ -117,54 +123,65 @@ class SocketLogHandler(logging.Handler):
                 with contextlib.suppress(queue.Empty):
                     self._lines.get_nowait()
 
-    def _serve(self) -> None:
-        pending: bytes | None = None
-        while True:
+    def _listener(self) -> socket.socket | None:
+        for _ in range(self.LISTEN_ATTEMPTS):
             try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with conn:
+                return self._listen()
+            except OSError as exc:
+                error = exc
+            time.sleep(self.LISTEN_RETRY_DELAY)
+        self._fallback.write(f"kata-agent: no log vport listener ({error}); logs are lost\n")
+        return None
+
+    def _serve(self) -> None:
+        listener = self._listener()
+        if listener is None:
+            return
+        pending: bytes | None = None
+        with listener:
+            while True:
                 try:
-                    while True:
-                        if pending is None:
-                            pending = self._lines.get()
-                        conn.sendall(pending)
-                        pending = None
+                    conn, _ = listener.accept()
                 except OSError:
-                    continue
+                    return
+                with conn:
+                    try:
+                        while True:
+                            if pending is None:
+                                pending = self._lines.get()
+                            conn.sendall(pending)
+                            pending = None
+                    except OSError:
+                        continue
 
 
 def vsock_listener(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.bind((socket.VMADDR_CID_ANY, port))
-    sock.listen(1)
+    try:
+        sock.bind((socket.VMADDR_CID_ANY, port))
+        sock.listen(1)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
 def setup(level: int, *, log_vport: int = 0, stream: TextIO | None = None) -> logging.Logger:
     """Configure the ``kata-agent`` logger tree (and ``ttrpc``) and return the root logger."""
     logging.addLevelName(TRACE, "TRACE")
+    console = stream or sys.stderr
     handler: logging.Handler
-    errors: list[str] = []
     if log_vport:
-        try:
-            handler = SocketLogHandler(vsock_listener(log_vport))
-        except OSError as exc:
-            errors.append(f"cannot listen on log vport {log_vport}: {exc}; logging to console")
-            handler = StreamHandler(stream or sys.stderr)
+        handler = SocketLogHandler(lambda: vsock_listener(log_vport), console)
     else:
-        handler = StreamHandler(stream or sys.stderr)
+        handler = StreamHandler(console)
     handler.setFormatter(JsonFormatter())
     for name in (ROOT_LOGGER, "ttrpc"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
-    root = logging.getLogger(ROOT_LOGGER)
-    for error in errors:
-        root.error(error)
-    return root
+    return logging.getLogger(ROOT_LOGGER)
 
 
 def get(subsystem: str) -> logging.Logger:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -80,11 +82,21 @@ def test_ttrpc_logger_gets_the_same_format(stream: io.StringIO) -> None:
     assert record["subsystem"] == "ttrpc"
 
 
-def test_socket_handler_streams_earlier_and_later_lines() -> None:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind("\0pykata-test-log-" + str(id(listener)))
-    listener.listen(1)
-    handler = log.SocketLogHandler(listener)
+def test_socket_handler_streams_earlier_and_later_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"\0pykata-test-log-{os.getpid()}"
+    attempts: list[int] = []
+
+    def listen() -> socket.socket:
+        attempts.append(1)
+        if len(attempts) < 3:  # the transport is not there yet: the handler retries
+            raise OSError(97, "Address family not supported")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(name)
+        sock.listen(1)
+        return sock
+
+    monkeypatch.setattr(log.SocketLogHandler, "LISTEN_RETRY_DELAY", 0.01)
+    handler = log.SocketLogHandler(listen, io.StringIO())
     handler.setFormatter(log.JsonFormatter())
     logger = logging.getLogger("kata-agent.sockettest")
     logger.handlers[:] = [handler]
@@ -92,7 +104,12 @@ def test_socket_handler_streams_earlier_and_later_lines() -> None:
     logger.setLevel(logging.INFO)
     logger.info("before connect")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.connect(listener.getsockname())
+        for _ in range(500):
+            try:
+                client.connect(name)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                time.sleep(0.01)
         logger.info("after connect")
         client.settimeout(10)
         data = b""
@@ -103,4 +120,3 @@ def test_socket_handler_streams_earlier_and_later_lines() -> None:
     msgs = [json.loads(line)["msg"] for line in data.decode().splitlines()]
     assert msgs == ["before connect", "after connect"]
     logger.handlers.clear()
-    listener.close()
