@@ -188,7 +188,10 @@ class PrivateApt:
         self.stages = stages
         parts = root / "sources.list.d"
         parts.mkdir(parents=True, exist_ok=True)
-        (parts / "guest.sources").write_text(mirrors.deb822())
+        sources = parts / "guest.sources"
+        # Rewritten only on change: its mtime tells update() whether the lists are stale.
+        if not sources.exists() or sources.read_text() != mirrors.deb822():
+            sources.write_text(mirrors.deb822())
         (root / "preferences.d").mkdir(exist_ok=True)
         (root / "lists/partial").mkdir(parents=True, exist_ok=True)
         (root / "cache/archives/partial").mkdir(parents=True, exist_ok=True)

@@ -135,21 +135,28 @@ def make_extra_tree(
     return version, modules
 
 
+def mkosi_args(tool: mkosi.Mkosi, flavour: str, sandbox: Path) -> list[str | Path]:
+    """mkosi with our configuration, a flavour's profile, apt sources and caches."""
+    cache = layout.cache_root() / "mkosi"
+    return [
+        *tool.argv, "--directory", layout.ROOTFS_BUILDER, "--profile", flavour,
+        "--sandbox-tree", sandbox,
+        # One incremental cache per flavour: their package sets differ.
+        "--cache-directory", cache / flavour,
+        "--package-cache-directory", cache / "packages",
+    ]  # fmt: skip
+
+
 def run_mkosi(
     tool: mkosi.Mkosi, options: Options, work: Path, extra: Path, sandbox: Path, stages: Stages
 ) -> Path:
-    cache = layout.cache_root() / "mkosi"
     out = work / "out"
     (work / "ws").mkdir(parents=True, exist_ok=True)
     force = ["--force", "--force"] if options.clean else ["--force"]
     stages.run(
         [
-            *tool.argv, "--directory", layout.ROOTFS_BUILDER, "--profile", options.flavour,
-            "--sandbox-tree", sandbox, "--extra-tree", extra,
-            "--output-dir", out, "--workspace-directory", work / "ws",
-            "--cache-directory", cache / options.flavour,
-            "--package-cache-directory", cache / "packages",
-            *force, "build",
+            *mkosi_args(tool, options.flavour, sandbox), "--extra-tree", extra,
+            "--output-dir", out, "--workspace-directory", work / "ws", *force, "build",
         ],
         env=tool.env(),
     )  # fmt: skip
@@ -159,11 +166,7 @@ def run_mkosi(
 def mkosi_summary(tool: mkosi.Mkosi, flavour: str, sandbox: Path) -> str:
     """`mkosi summary` of a flavour: parses and validates the whole configuration."""
     stages = Stages(layout.cache_root() / "logs" / f"summary-{flavour}.log")
-    return stages.output(
-        [*tool.argv, "--directory", layout.ROOTFS_BUILDER, "--profile", flavour,
-         "--sandbox-tree", sandbox, "summary"],
-        env=tool.env(),
-    )  # fmt: skip
+    return stages.output([*mkosi_args(tool, flavour, sandbox), "summary"], env=tool.env())
 
 
 def build(options: Options, stages: Stages) -> Result:

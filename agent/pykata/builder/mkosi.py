@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def private_mkosi(root: Path) -> Mkosi | None:
     if not stamp.is_file():
         return None
     site = root / "tree/usr/lib/python3/dist-packages"
-    python = shutil.which("python3") or "python3"
-    return Mkosi((python, "-m", "mkosi"), parse_version(stamp.read_text()), str(site))
+    # mkosi needs Python >= 3.9: the interpreter running kata-image will do.
+    return Mkosi((sys.executable, "-m", "mkosi"), parse_version(stamp.read_text()), str(site))
 
 
 def install(root: Path, apt: PrivateApt, stages: Stages) -> Mkosi:
