@@ -63,3 +63,14 @@ bench-ttrpc: setup
 # Agent: container create+start, exec and stdout via the agent vs the OCI runtime alone; RSS.
 bench-agent *args: setup
     {{python}} tests/bench/bench_agent.py {{args}}
+
+# Guest image into build/: kernel, initrd (agent as /init) or `--flavour image`, manifest.json,
+# configuration.toml (see `kata-image build --help`).
+image *args: setup
+    kata-image setup
+    kata-image build {{args}}
+
+# Guest kernel into build/: Debian's cloud kernel, or `just kernel --source build` for ours.
+kernel *args: setup
+    kata-image setup
+    kata-image kernel {{args}}

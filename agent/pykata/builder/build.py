@@ -60,7 +60,7 @@ def setup(mirror: str | None, stages: Stages) -> mkosi.Mkosi:
         mkosi.install_host_packages(stages)
         kernel.ensure_tools(kernel.CONFIG_TOOLS, stages)
     with stages.stage("mkosi"):
-        found = mkosi.host_mkosi()
+        found = mkosi.host_mkosi() or mkosi.private_mkosi(cache / "mkosi")
         if found is None:
             found = mkosi.install(cache / "mkosi", prepare_apt(cache, mirror, stages), stages)
         stages.log(f"mkosi {found.version_text}: {' '.join(found.argv)}")
