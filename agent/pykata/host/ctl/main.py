@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 1 the agent answered an RPC with an error (its gRPC code name and
 message go to stderr); 2 usage error (bad arguments, unknown method, malformed JSON body);
-3 the agent could not be reached or the connection was lost. `run` and `exec` exit with the
-process's own exit code (128+N when killed by signal N) and use 125 for their own failures.
+3 the agent could not be reached, the connection was lost, or it answered UNAVAILABLE
+(gRPC's "try again later"). `run` and `exec` exit with the process's own exit code
+(128+N when killed by signal N) and use 125 for their own failures.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from pykata.host.ctl.connect import connect
 from pykata.host.ctl.errors import CtlError, ExitCode, UsageError, rpc_exit_code
 from pykata.host.ctl.lifecycle import destroy_sandbox, format_ps, stop_container
+from pykata.host.ctl.logs import print_log
 from pykata.host.ctl.methods import METHODS
 from pykata.host.ctl.run import ProcessRequest, exec_process, run_container
 from pykata.host.ctl.session import open_session
 from pykata.host.ctl.state import StateFile
-from pykata.host.ctl.target import Target, address_target, state_root
+from pykata.host.ctl.target import Target, address_target, state_root, vm_target
 from pykata.ttrpc.addresses import parse_address
 from pykata.ttrpc.errors import TtrpcError
 
@@ -60,12 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     target = argparse.ArgumentParser(add_help=False)
-    target.add_argument(
+    choice = target.add_mutually_exclusive_group(required=True)
+    choice.add_argument(
         "--server-address",
         type=address,
-        required=True,
         help="agent address: unix:///path, unix://@name, vsock://CID:PORT, hvsock:///path:PORT",
     )
+    choice.add_argument("--vm", metavar="NAME", help="a VM started by `kata-agent-ctl vm up`")
     target.add_argument(
         "--timeout",
         type=float,
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("container_id")
     cmd.add_argument("--time", type=float, default=10.0, help="grace period in seconds")
     commands.add_parser("destroy", parents=[target], help="destroy the sandbox")
+    cmd = commands.add_parser("logs", parents=[target], help="the VM's console (agent logs)")
+    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     return parser
 
 
@@ -150,6 +155,11 @@ async def run_verb(args: argparse.Namespace, target: Target) -> int:
     if args.verb in ("ps", "list"):
         print(format_ps(state_file.load()))
         return ExitCode.OK
+    if args.verb == "logs":
+        if target.console_log is None:
+            raise UsageError("logs: only a VM target (--vm NAME) has a console log")
+        await print_log(target.console_log, args.follow)
+        return ExitCode.OK
     async with open_session(target.address, args.timeout) as session:
         if args.verb == "run":
             return await run_container(
@@ -173,9 +183,10 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.verb == "methods":
         print("\n".join(sorted(METHODS)))
         return ExitCode.OK
+    target = vm_target(args.vm) if args.vm else address_target(args.server_address)
     if args.verb == "connect":
-        return connect(args.server_address, args.timeout, args.commands, args.interactive)
-    return asyncio.run(run_verb(args, address_target(args.server_address)))
+        return connect(target.address, args.timeout, args.commands, args.interactive)
+    return asyncio.run(run_verb(args, target))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

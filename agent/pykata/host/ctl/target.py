@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pykata.host.ctl.errors import UsageError
+from pykata.host.vm import state as vm_state
+
 # Where the agent expects container roots (it refuses any outside /run/kata-containers); in
 # a VM the kataShared virtio-fs is mounted here.
 GUEST_SHARED_DIR = "/run/kata-containers/shared/containers"
@@ -27,6 +30,23 @@ def address_target(address: str) -> Target:
     # An agent on a unix socket runs on this host and sees our /run/kata-containers itself.
     shared = Path(GUEST_SHARED_DIR) if address.startswith("unix://") else None
     return Target(address=address, name=f"addr-{digest}", shared_dir=shared)
+
+
+def vm_target(name: str) -> Target:
+    """A VM started by `kata-agent-ctl vm up NAME`, from the VM runner's state file."""
+    try:
+        vm = vm_state.load(name)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"no running VM {name!r}: {exc}") from None
+    # Each boot gets its own CLI state: a sandbox of an earlier boot is gone with it.
+    boot = vm.pids.get("qemu", 0)
+    return Target(
+        address=vm.agent_address,
+        name=f"vm-{name}-{boot}",
+        shared_dir=Path(vm.shared_dir),
+        virtio_fs=True,
+        console_log=Path(vm.console_log),
+    )
 
 
 def state_root() -> Path:

@@ -1,0 +1,165 @@
+"""``kata-agent-ctl vm up|down|status``: a named VM that outlives the command.
+
+``vm up`` boots the kernel + initrd (default: the image builder's ``build/``) with the
+shared folder and vsock, waits until the agent's vsock port accepts, and records the VM
+in ``${XDG_RUNTIME_DIR:-/run}/pykata/vms/<name>/vm.json`` for ``--vm NAME`` elsewhere.
+Exit codes: 0 ok (status: running), 1 status: not (fully) running, 2 usage (unknown VM,
+missing files, already running), 3 the VM failed to come up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from pykata.host.vm import state
+from pykata.host.vm.runner import VM, VMError, stop_detached
+
+DEFAULT_NAME = "pykata"
+DEFAULT_KERNEL = Path("build/vmlinuz")
+DEFAULT_INITRD = Path("build/kata-initrd.img")
+
+
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Register ``vm`` on the CLI's subparsers; the handler is ``args.vm_handler(args)``."""
+    vm = subparsers.add_parser("vm", help="start, stop and inspect a local microVM")
+    verbs = vm.add_subparsers(dest="vm_verb", required=True, metavar="VERB")
+    up = verbs.add_parser("up", help="boot a VM and wait for its agent")
+    up.add_argument("name", nargs="?", default=DEFAULT_NAME)
+    up.add_argument("--kernel", type=Path, default=DEFAULT_KERNEL)
+    up.add_argument("--initrd", type=Path, default=DEFAULT_INITRD)
+    up.add_argument(
+        "--shared-dir",
+        type=Path,
+        help="host folder shared as kataShared (default: "
+        "$XDG_RUNTIME_DIR/pykata/shared/sandboxes/NAME/shared, Kata's layout)",
+    )
+    up.add_argument("--memory", type=int, default=1024, help="MiB (default 1024)")
+    up.add_argument("--cpus", type=int, default=1)
+    up.add_argument(
+        "--accel", choices=["auto", "kvm", "tcg"], default="auto", help="auto probes KVM"
+    )
+    up.add_argument("--append", default="", help="extra kernel command line")
+    up.add_argument(
+        "--wait-port",
+        type=int,
+        default=state.AGENT_PORT,
+        help="guest vsock port to wait for (default: the agent's 1024; 0: do not wait)",
+    )
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it")
+    down = verbs.add_parser("down", help="stop a VM and remove its sockets and state")
+    down.add_argument("name", nargs="?", default=DEFAULT_NAME)
+    down.add_argument(
+        "--powerdown-timeout",
+        type=float,
+        default=0.0,
+        help="ask the guest to power off (ACPI) and wait this long before quitting QEMU",
+    )
+    status = verbs.add_parser("status", help="show VMs and whether their processes run")
+    status.add_argument("name", nargs="?", help="one VM (default: all)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    vm.set_defaults(vm_handler=run)
+    return vm
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.vm_verb == "up":
+            return asyncio.run(up(args))
+        if args.vm_verb == "down":
+            return asyncio.run(down(args.name, args.powerdown_timeout))
+        return status(args.name, args.json)
+    except ValueError as exc:  # a bad VM name
+        print(f"kata-agent-ctl vm: {exc}", file=sys.stderr)
+        return 2
+
+
+async def up(args: argparse.Namespace) -> int:
+    for path in (args.kernel, args.initrd):
+        if not path.is_file():
+            print(f"kata-agent-ctl vm up: {path} not found (build it: just image)", file=sys.stderr)
+            return 2
+    try:
+        old = state.load(args.name)
+    except FileNotFoundError:
+        pass
+    else:
+        if any(old.running().values()):
+            print(f"kata-agent-ctl vm up: VM {args.name} is already running", file=sys.stderr)
+            return 2
+    t0 = time.monotonic()
+    workdir = state.vm_dir(args.name)
+    shared = args.shared_dir or state.default_shared_dir(args.name)
+    vm = VM(
+        args.kernel.resolve(),
+        args.initrd.resolve(),
+        shared_dir=shared,
+        workdir=workdir,
+        name=args.name,
+        memory_mib=args.memory,
+        cpus=args.cpus,
+        append=args.append,
+        accel=None if args.accel == "auto" else args.accel,
+        detach=True,
+    )
+    try:
+        await vm.start()
+        vm_state = state.VMState(
+            name=args.name,
+            agent_address=vm.agent_address,
+            shared_dir=str(shared),
+            console_log=str(vm.console_log),
+            workdir=str(workdir),
+            accel=vm.accel or "tcg",
+            pids=vm.pids,
+        )
+        vm_state.save()
+        if args.wait_port:
+            await vm.wait_port(args.wait_port, within=args.timeout)
+    except (VMError, OSError) as exc:
+        print(f"kata-agent-ctl vm up: {exc}", file=sys.stderr)
+        await vm.stop()
+        state.VMState.remove_named(args.name)
+        return 3
+    print(f"VM {args.name} up ({vm.accel}) in {time.monotonic() - t0:.1f}s")
+    print(f"  agent:   {vm.agent_address}")
+    print(f"  shared:  {shared}")
+    print(f"  console: {vm.console_log}")
+    return 0
+
+
+async def down(name: str, powerdown_timeout: float) -> int:
+    try:
+        vm_state = state.load(name)
+    except FileNotFoundError:
+        print(f"kata-agent-ctl vm down: no VM named {name}", file=sys.stderr)
+        return 2
+    await stop_detached(Path(vm_state.workdir), vm_state.pids, powerdown_timeout)
+    vm_state.remove()
+    print(f"VM {name} down")
+    return 0
+
+
+def status(name: str | None, as_json: bool) -> int:
+    names = [name] if name else state.names()
+    report = []
+    for each in names:
+        try:
+            vm_state = state.load(each)
+        except FileNotFoundError:
+            print(f"kata-agent-ctl vm status: no VM named {each}", file=sys.stderr)
+            return 2
+        report.append((vm_state, vm_state.running()))
+    if as_json:
+        print(json.dumps([{**vars(s), "running": r} for s, r in report], indent=2))
+    else:
+        for s, r in report:
+            procs = " ".join(f"{role}={'up' if alive else 'down'}" for role, alive in r.items())
+            print(f"{s.name}: {s.agent_address} ({s.accel}) {procs}")
+    return 0 if report and all(all(r.values()) for _, r in report) else 1
