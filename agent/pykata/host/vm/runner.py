@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,7 @@ from typing import BinaryIO
 
 from pykata.host.vm import qemu, virtiofsd
 from pykata.host.vm.kvm import kvm_works
-from pykata.host.vm.state import AGENT_PORT
+from pykata.host.vm.state import AGENT_PORT, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,13 @@ UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
 
 class VMError(Exception):
     """The VM or one of its helper processes failed to start or died."""
+
+
+def remove_sockets(workdir: Path) -> None:
+    """Remove every socket a VM creates in its workdir (the ``_<port>`` ones are users')."""
+    names = ["qmp.sock", "vhost-vsock.sock", "vsock.sock", "virtiofsd.sock"]
+    for path in [workdir / n for n in names]:
+        path.unlink(missing_ok=True)
 
 
 def _die_with_parent() -> None:
@@ -117,10 +126,6 @@ class VM:
     def pids(self) -> dict[str, int]:
         return {role: proc.pid for role, proc in self.procs.items()}
 
-    def _sockets(self) -> list[Path]:
-        names = ["qmp.sock", "vhost-vsock.sock", "vsock.sock", "virtiofsd.sock"]
-        return [self.workdir / n for n in names] + list(self.workdir.glob("vsock.sock_*"))
-
     # lifecycle
 
     async def __aenter__(self) -> VM:
@@ -137,8 +142,7 @@ class VM:
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for sock in self._sockets():
-            sock.unlink(missing_ok=True)
+        remove_sockets(self.workdir)
         self.console_log.unlink(missing_ok=True)
         try:
             if self.accel is None:
@@ -240,6 +244,38 @@ class VM:
                 raise VMError(f"no console line matching {pattern!r} within {within}s")
             await asyncio.sleep(0.1)
 
+    async def wait_port(self, port: int, within: float = 120.0) -> None:
+        """Wait until a guest service accepts connections on vsock ``port``."""
+        deadline = time.monotonic() + within
+        while not await self._port_accepts(port):
+            self.check_running()
+            if time.monotonic() > deadline:
+                raise VMError(f"guest vsock port {port} not accepting within {within}s")
+            await asyncio.sleep(0.2)
+
+    async def _port_accepts(self, port: int) -> bool:
+        if self.kernel_vsock:
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, (self.guest_cid, port))
+            except OSError:
+                return False
+            finally:
+                sock.close()
+            return True
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.hybrid_socket))
+        except OSError:
+            return False
+        try:
+            writer.write(f"CONNECT {port}\n".encode())
+            return (await reader.readline()).startswith(b"OK ")
+        except OSError:
+            return False
+        finally:
+            writer.close()
+
     async def stop(self, powerdown_timeout: float = 0.0) -> None:
         """Power off (ACPI, if a timeout is given), then quit QEMU; stop the helpers."""
         qemu_proc = self.procs.get("qemu")
@@ -260,8 +296,7 @@ class VM:
         for f in self._logs:
             f.close()
         self._logs.clear()
-        for sock in self._sockets():
-            sock.unlink(missing_ok=True)
+        remove_sockets(self.workdir)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -284,3 +319,38 @@ async def _terminate(proc: subprocess.Popen[bytes]) -> None:
         await _wait(proc, 5.0)
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+async def stop_detached(
+    workdir: Path, pids: dict[str, int], powerdown_timeout: float = 0.0
+) -> None:
+    """Stop a VM started by another process (``vm up``) from its recorded pids."""
+    qmp_socket = workdir / "qmp.sock"
+    qemu_pid = pids.get("qemu")
+    if qemu_pid is not None and process_alive(qemu_pid, workdir):
+        if powerdown_timeout > 0:
+            with contextlib.suppress(OSError, TimeoutError):
+                await qemu.qmp(qmp_socket, "system_powerdown")
+            await _wait_pid(qemu_pid, workdir, powerdown_timeout)
+        if process_alive(qemu_pid, workdir):
+            with contextlib.suppress(OSError, TimeoutError, ValueError):
+                await qemu.qmp(qmp_socket, "quit")
+    for pid in (pids.get(role) for role in ("qemu", "vsock", "virtiofsd")):
+        if pid is None or not await _wait_pid(pid, workdir, 2.0):
+            continue
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            if not await _wait_pid(pid, workdir, grace):
+                break
+    remove_sockets(workdir)
+
+
+async def _wait_pid(pid: int, workdir: Path, seconds: float) -> bool:
+    """Wait for ``pid`` to go away; True when it is still running afterwards."""
+    deadline = time.monotonic() + seconds
+    while process_alive(pid, workdir):
+        if time.monotonic() > deadline:
+            return True
+        await asyncio.sleep(0.05)
+    return False

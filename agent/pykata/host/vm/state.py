@@ -51,20 +51,28 @@ class VMState:
         tmp.replace(self.path)
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.remove_named(self.name)
+
+    @staticmethod
+    def remove_named(name: str) -> None:
+        (vm_dir(name) / "vm.json").unlink(missing_ok=True)
 
     def running(self) -> dict[str, bool]:
-        return {role: _alive(pid) for role, pid in self.pids.items()}
+        return {role: process_alive(pid, Path(self.workdir)) for role, pid in self.pids.items()}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int, workdir: Path) -> bool:
+    """Is ``pid`` still one of this VM's processes (not a zombie, not a reused pid)?
+
+    Every process of a VM names a path under its workdir on its command line.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    run_state = stat.rsplit(")", 1)[-1].split()[0]
+    return run_state != "Z" and str(workdir).encode() in cmdline
 
 
 def load(name: str) -> VMState:
