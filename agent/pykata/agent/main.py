@@ -5,8 +5,9 @@ As PID 1 nothing may escape: an unexpected error is logged and the VM is powered
 purpose instead of letting the kernel panic on a dead init.
 
 This module stays light; the serving part (asyncio and everything on top) is imported once
-``ssl`` has been blocked: asyncio imports it eagerly, which maps OpenSSL (~4 MB RSS), and the
-agent never speaks TLS.
+the OpenSSL bindings are blocked: asyncio imports ``ssl`` eagerly and ``hashlib`` prefers
+``_hashlib``, together ~5 MB of RSS for a daemon that never speaks TLS (hashlib falls back to
+its built-in implementations).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pykata.agent.config import AgentConfig
 logger = log.get("main")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OPENSSL_MODULES = ("ssl", "_hashlib")
 USAGE = "usage: kata-agent [--version|-v] [--config|-c FILE]"
 
 
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     announce(config)
     for warning in config.warnings:
         logger.warning("configuration problem", extra={"problem": warning})
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    for openssl_user in OPENSSL_MODULES:
+        sys.modules.setdefault(openssl_user, None)  # type: ignore[arg-type]
     from pykata.agent import service
 
     if not is_init:
