@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pykata.agent.mount import MS_BIND, mount, mount_points, umount
+from pykata.agent.mount import MS_BIND, mount, mount_points, umount_all
 from pykata.agent.rpc.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2
 from pykata.ttrpc import Client
@@ -33,7 +33,9 @@ from pykata.ttrpc.errors import (
 pytestmark = pytest.mark.root
 
 SHARED = "/run/kata-containers/shared/containers"
-CGROUP_PREFIX = f"pykata-it-{secrets.token_hex(3)}"
+# Kata's paths are host-wide here: ids unique to this run keep concurrent runs apart.
+RUN = secrets.token_hex(3)
+CGROUP_PREFIX = f"pykata-it-{RUN}"
 MiB = 1 << 20
 
 
@@ -79,7 +81,7 @@ def shared_rootfs(busybox_rootfs: Path) -> Iterator[Callable[[str], None]]:
 
     yield share
     for target in made:
-        umount(target)
+        umount_all(target)
         os.rmdir(target)
         os.rmdir(os.path.dirname(target))
 
@@ -190,7 +192,7 @@ def zombies_of(pid: int) -> list[int]:
 async def test_lifecycle_io_signals_stats(
     sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
 ) -> None:
-    cid = "lifecycle"
+    cid = f"lifecycle-{RUN}"
     init = ["sh", "-c", 'echo ready; while read l; do echo "got $l"; done; exit 3']
     await run_container(agent, shared_rootfs, cid, init)
     assert (
@@ -283,7 +285,7 @@ async def test_lifecycle_io_signals_stats(
 async def test_init_sigterm_without_handler_is_a_kill(
     sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
 ) -> None:
-    cid = "sigterm"
+    cid = f"sigterm-{RUN}"
     await run_container(agent, shared_rootfs, cid, ["sleep", "1000"])
     await agent.SignalProcess(
         agent_pb2.SignalProcessRequest(container_id=cid, exec_id="", signal=signal.SIGTERM)
@@ -295,7 +297,7 @@ async def test_init_sigterm_without_handler_is_a_kill(
 async def test_signal_all_kills_every_process(
     sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
 ) -> None:
-    cid = "killall"
+    cid = f"killall-{RUN}"
     await run_container(agent, shared_rootfs, cid, ["sh", "-c", "sleep 1000 & sleep 1000"])
     await exec_in(agent, cid, "other", ["sleep", "1000"])
     await agent.SignalProcess(
@@ -313,7 +315,7 @@ async def test_signal_all_kills_every_process(
 async def test_oom_kill_produces_one_event(
     sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
 ) -> None:
-    cid = "oom"
+    cid = f"oom-{RUN}"
     limit = {"memory": {"limit": 32 * MiB, "swap": 32 * MiB}}
     await run_container(agent, shared_rootfs, cid, ["sleep", "1000"], **limit)
     event = asyncio.ensure_future(agent.GetOOMEvent(agent_pb2.GetOOMEventRequest(), timeout=60))
@@ -327,7 +329,7 @@ async def test_oom_kill_produces_one_event(
 async def test_hundred_concurrent_execs_lose_nothing(
     sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
 ) -> None:
-    cid = "many"
+    cid = f"many-{RUN}"
     await run_container(agent, shared_rootfs, cid, ["sleep", "1000"])
 
     async def one(i: int) -> tuple[str, int, str]:
@@ -361,7 +363,7 @@ async def test_invalid_requests(
         await agent.CreateContainer(
             agent_pb2.CreateContainerRequest(container_id="escape", OCI=spec)
         )
-    cid = "dup"
+    cid = f"dup-{RUN}"
     await run_container(agent, shared_rootfs, cid, ["sleep", "1000"])
     with pytest.raises(AlreadyExists):
         await agent.CreateContainer(
@@ -387,16 +389,16 @@ async def test_no_leaks_after_remove_and_destroy(
 ) -> None:
     # Every container removed: the agent holds no pipe, pty, eventfd or inotify fd more than
     # right after CreateSandbox, and has no unreaped children.
-    await remove(agent, "dup")
+    await remove(agent, f"dup-{RUN}")
     assert agent_fds(agent_process) <= sandbox
     assert zombies_of(agent_process.pid) == []
     # DestroySandbox takes down a container that still runs, with an exec in it.
-    cid = "last"
+    cid = f"last-{RUN}"
     await run_container(agent, shared_rootfs, cid, ["sleep", "1000"])
     await exec_in(agent, cid, "left-running", ["sleep", "1000"])
     await agent.DestroySandbox(agent_pb2.DestroySandboxRequest(), timeout=60)
-    leftover = [p for p, _ in mount_points() if p.startswith("/run/kata-containers/")]
-    assert all(p.startswith(SHARED) for p in leftover), leftover  # only the test's own shares
+    leftover = [p for p, _ in mount_points() if RUN in p and not p.startswith(SHARED)]
+    assert leftover == []  # the test's own shares aside
     assert [d for d in all_cgroup_dirs() if d.name.startswith(CGROUP_PREFIX)] == []
     assert leftovers(cid) == []
 

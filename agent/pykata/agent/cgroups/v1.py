@@ -63,8 +63,6 @@ def parse_blkio(text: str) -> list[BlkioStatsEntry]:
 
 
 class CgroupV1:
-    version = 1
-
     def __init__(self, path: str, root: Path = Path("/sys/fs/cgroup")) -> None:
         self.path = path
         self.root = root

@@ -59,8 +59,6 @@ def parse_io_stat(text: str) -> BlkioStats:
 
 
 class CgroupV2:
-    version = 2
-
     def __init__(self, path: str, root: Path = Path("/sys/fs/cgroup")) -> None:
         self.path = path
         self.root = root

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -59,16 +60,19 @@ class OciRuntime:
             raise RuntimeFailure(f"{self.name} {args[0]} failed (exit {code}): {message}")
         return out
 
-    async def _spawn_and_wait(
+    async def _hand_over(
         self,
-        argv: list[str],
+        args: list[str],
         stdio: ChildStdio | None,
         console: ConsoleSocket | None,
         log_file: str,
     ) -> int | None:
-        """Run a create/exec that hands the process over; returns the pty master if any."""
+        """Run a create/exec that hands a process over to us; the pty master if any.
+
+        The runtime's own stdio is the process's: its errors go to ``log_file`` instead.
+        """
         pid = self.reaper.spawn(
-            argv,
+            self._argv(*args, log_file=log_file),
             stdin=stdio.stdin if stdio else None,
             stdout=stdio.stdout if stdio else None,
             stderr=stdio.stderr if stdio else None,
@@ -77,19 +81,20 @@ class OciRuntime:
         master_task = asyncio.ensure_future(console.receive_master()) if console else None
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
-                status = await status_fut
-                if exit_code(status) != 0:
+                code = exit_code(await asyncio.shield(status_fut))
+                if code != 0:
                     raise RuntimeFailure(
-                        f"{self.name} {argv[argv.index('--log-format') + 2]} failed "
-                        f"(exit {exit_code(status)}): {read_log_errors(log_file)}"
+                        f"{self.name} {args[0]} failed (exit {code}): {read_log_errors(log_file)}"
                     )
                 return await master_task if master_task else None
         except BaseException:
+            if not status_fut.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             if master_task is not None:
                 master_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, OSError):
-                    fd = await master_task
-                    os.close(fd)
+                    os.close(await master_task)
             raise
 
     async def create(
@@ -108,8 +113,7 @@ class OciRuntime:
             args.append("--no-pivot")
         if console is not None:
             args += ["--console-socket", console.path]
-        argv = self._argv(*args, container_id, log_file=log_file)
-        master = await self._spawn_and_wait(argv, stdio, console, log_file)
+        master = await self._hand_over([*args, container_id], stdio, console, log_file)
         return read_pid(pid_file), master
 
     async def exec(
@@ -130,9 +134,8 @@ class OciRuntime:
         args = ["exec", "--detach", "--process", process_file, "--pid-file", pid_file]
         if console is not None:
             args += ["--console-socket", console.path]
-        argv = self._argv(*args, container_id, log_file=log_file)
         try:
-            master = await self._spawn_and_wait(argv, stdio, console, log_file)
+            master = await self._hand_over([*args, container_id], stdio, console, log_file)
             return read_pid(pid_file), master
         finally:
             for path in (process_file, pid_file, log_file):
@@ -141,10 +144,6 @@ class OciRuntime:
 
     async def start(self, container_id: str) -> None:
         await self._call("start", container_id)
-
-    async def kill(self, container_id: str, signal: int, *, all_processes: bool = False) -> None:
-        args = ["kill", *(["--all"] if all_processes else []), container_id, str(signal)]
-        await self._call(*args)
 
     async def delete(self, container_id: str) -> None:
         await self._call("delete", "--force", container_id)
@@ -164,10 +163,6 @@ class OciRuntime:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-
-    async def state(self, container_id: str) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(await self._call("state", container_id))
-        return state
 
     async def works(self) -> bool:
         """Cheap probe: can this runtime create (and delete) a container on this system?
