@@ -1,5 +1,6 @@
 """The agent as PID 1, without a VM: started by ``unshare`` in new PID, mount, network, UTS
-and IPC namespaces it mounts its own /proc, /sys, /dev, /run and cgroups, brings its own
+and IPC namespaces it mounts its own /proc, /sys, /dev, /run and cgroups (v2, and v1 as
+configured), brings its own
 ``lo`` up, bind-mounts the sandbox resolv.conf over /etc/resolv.conf, and "powers off" on
 DestroySandbox: reboot(2) from the init of a child PID namespace only ends that namespace.
 """
@@ -47,6 +48,20 @@ def agent_wrapper() -> list[str]:
     ]
 
 
+@pytest.fixture(scope="module", params=["v2", "v1"])
+def cgroup_layout(request: pytest.FixtureRequest) -> str:
+    layout: str = request.param
+    return layout
+
+
+@pytest.fixture(scope="module")
+def agent_args(cgroup_layout: str, socket_dir: Path) -> list[str]:
+    # As PID 1 the agent would read this host's kernel command line; a config file replaces it.
+    config = socket_dir / f"agent-{cgroup_layout}.toml"
+    config.write_text(f"unified_cgroup_hierarchy = {str(cgroup_layout == 'v2').lower()}\n")
+    return ["--config", str(config)]
+
+
 @pytest.fixture(scope="module")
 def init_pid(agent_process: subprocess.Popen[bytes]) -> int:
     """The agent's pid as seen from here (the child of unshare)."""
@@ -75,7 +90,7 @@ def read(path: str) -> str:
         return f.read()
 
 
-def test_init_mounts_and_loopback(init_pid: int) -> None:
+def test_init_mounts_and_loopback(init_pid: int, cgroup_layout: str) -> None:
     mounts = mounts_of(init_pid)
     assert mounts["/proc"] == "proc"
     assert mounts["/sys"] == "sysfs"
@@ -83,13 +98,18 @@ def test_init_mounts_and_loopback(init_pid: int) -> None:
     assert mounts["/dev/pts"] == "devpts"
     assert mounts["/dev/shm"] == "tmpfs"
     assert mounts["/run"] == "tmpfs"
-    assert mounts["/sys/fs/cgroup"] == "cgroup2"
+    if cgroup_layout == "v2":
+        assert mounts["/sys/fs/cgroup"] == "cgroup2"
+    else:
+        assert mounts["/sys/fs/cgroup"] == "tmpfs"
+        for controller in ("memory", "cpu", "cpuacct", "devices", "freezer", "pids"):
+            assert mounts[f"/sys/fs/cgroup/{controller}"] == "cgroup", controller
     assert os.readlink(f"/proc/{init_pid}/root/dev/ptmx") == "pts/ptmx"
     flags = int(read(f"/proc/{init_pid}/root/sys/class/net/lo/flags"), 16)
     assert flags & 0x1  # IFF_UP in the agent's own network namespace
 
 
-def test_announce_says_init(agent_log: Path) -> None:
+def test_announce_says_init(agent_log: Path, init_pid: int) -> None:
     assert '"init-daemon": true' in agent_log.read_text().splitlines()[0]
 
 

@@ -21,7 +21,9 @@ from pykata.agent.mount import (
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
+    MS_RDONLY,
     MS_RELATIME,
+    MS_REMOUNT,
     fstype_of,
     mount,
 )
@@ -48,16 +50,18 @@ BASE_MOUNTS: list[tuple[str, str, str, int, str]] = [
 
 CGROUP_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
 CGROUP_V1_CONTROLLERS = [
-    "cpu,cpuacct",
+    "cpu",
+    "cpuacct",
+    "blkio",
     "cpuset",
     "memory",
     "devices",
     "freezer",
-    "net_cls,net_prio",
+    "net_cls",
     "perf_event",
+    "net_prio",
     "hugetlb",
     "pids",
-    "blkio",
     "rdma",
 ]
 MODULES_LOAD_DIRS = ["/etc/modules-load.d", "/usr/lib/modules-load.d"]
@@ -109,18 +113,20 @@ def mount_cgroups(v2: bool) -> None:
         _mount_once("cgroup2", "/sys/fs/cgroup", "cgroup2", CGROUP_FLAGS, "nsdelegate")
         enable_controllers("/sys/fs/cgroup")
         return
-    _mount_once("tmpfs", "/sys/fs/cgroup", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+    # As Kata: one hierarchy per controller, then the tmpfs holding them goes read-only.
+    tmpfs_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _mount_once("tmpfs", "/sys/fs/cgroup", "tmpfs", tmpfs_flags, "mode=755")
     available = _v1_controllers()
-    for group in CGROUP_V1_CONTROLLERS:
-        names = [n for n in group.split(",") if n in available]
-        if not names:
-            continue
-        target = "/sys/fs/cgroup/" + ",".join(names)
-        _mount_once("cgroup", target, "cgroup", CGROUP_FLAGS, ",".join(names))
-        for name in names:
-            if name != os.path.basename(target):
-                with contextlib.suppress(FileExistsError):
-                    os.symlink(os.path.basename(target), f"/sys/fs/cgroup/{name}")
+    if "devices" not in available:
+        logger.warning("no devices cgroup controller: cgroups left unmounted")
+        return
+    for name in CGROUP_V1_CONTROLLERS:
+        if name in available:
+            _mount_once("cgroup", f"/sys/fs/cgroup/{name}", "cgroup", CGROUP_FLAGS, name)
+    try:
+        mount("tmpfs", "/sys/fs/cgroup", None, MS_REMOUNT | MS_RDONLY | tmpfs_flags, "mode=755")
+    except OSError as exc:
+        logger.error("cannot make /sys/fs/cgroup read-only", extra={"error": str(exc)})
 
 
 def _v1_controllers() -> set[str]:
