@@ -236,7 +236,9 @@ class VsockMuxer:
             self.refuse(stream, f"port {port} out of range")
             return
         if not self.guest_up:
-            self.refuse(stream, "guest vsock is not running")
+            # Clients poll like this while the guest boots: not worth a log line each.
+            log.debug("closing hybrid client: guest vsock is not running")
+            stream.close()
             return
         conn = Connection(self._allocate_port(), port, State.CONNECTING, BUF_ALLOC)
         conn.queue(rest)
