@@ -74,3 +74,7 @@ image *args: setup
 kernel *args: setup
     kata-image setup
     kata-image kernel {{args}}
+
+# Image builder: build times cold/warm, initrd and disk image sizes, TCG boot to announce.
+bench-image *args: setup
+    {{python}} tests/bench/bench_image.py {{args}}

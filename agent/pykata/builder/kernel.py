@@ -4,11 +4,11 @@ built from Debian's linux-source with the kernel-config/ fragments, everything b
 
 from __future__ import annotations
 
+import hashlib
 import lzma
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -219,24 +219,34 @@ def merge_fragments(source: Path, out: Path, fragments: list[Path], stages: Stag
 
 
 def build_kernel(apt: PrivateApt, cache: Path, fragments: list[Path], stages: Stages) -> Kernel:
-    """Build bzImage from linux-source with our fragments (ccache reused when present)."""
+    """Build bzImage from linux-source with our fragments; reused while the source version
+    and the fragments are unchanged (ccache speeds up rebuilds when installed)."""
     source, package_version = kernel_source(apt, cache / "source", stages)
     out = cache / "build"
-    with stages.stage("kernel config"):
-        config = merge_fragments(source, out, fragments, stages)
-    with stages.stage("kernel build"):
-        jobs = str(os.cpu_count() or 1)
-        cc = ["CC=ccache gcc"] if shutil.which("ccache") else []
-        stages.run(["make", "-C", source, f"O={out}", "ARCH=x86_64", f"-j{jobs}", *cc, "bzImage"])
-    release = subprocess.run(
-        ["make", "-s", "-C", source, f"O={out}", "ARCH=x86_64", "kernelrelease"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    image = out / "arch/x86/boot/bzImage"
+    digest = hashlib.sha256(package_version.encode())
+    for fragment in fragments:
+        digest.update(fragment.name.encode() + b"\0" + fragment.read_bytes())
+    stamp = out / ".pykata-inputs"
+    if not (image.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest()):
+        stamp.unlink(missing_ok=True)
+        with stages.stage("kernel config"):
+            merge_fragments(source, out, fragments, stages)
+        with stages.stage("kernel build"):
+            jobs = str(os.cpu_count() or 1)
+            cc = ["CC=ccache gcc"] if shutil.which("ccache") else []
+            stages.run(
+                ["make", "-C", source, f"O={out}", "ARCH=x86_64", f"-j{jobs}", *cc, "bzImage"]
+            )
+        stamp.write_text(digest.hexdigest())
+    release = stages.output(
+        ["make", "-s", "-C", source, f"O={out}", "ARCH=x86_64", "kernelrelease"]
+    ).strip()
     return Kernel(
         source="build",
         version=release,
         package_version=package_version,
-        image=out / "arch/x86/boot/bzImage",
-        config=config,
+        image=image,
+        config=out / ".config",
         modules=None,
     )
