@@ -66,8 +66,9 @@ class JsonFormatter(logging.Formatter):
             "subsystem": subsystem,
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and key not in entry:
-                entry[key] = value
+            if key not in _STANDARD:
+                # Context never hides a base field (e.g. a child's "pid" vs the agent's).
+                entry[f"extra_{key}" if key in entry else key] = value
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

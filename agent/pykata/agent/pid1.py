@@ -194,12 +194,12 @@ def load_modules(names: list[str]) -> None:
         try:
             done = subprocess.run(["modprobe", name], capture_output=True, check=False)
         except OSError as exc:
-            logger.error("modprobe unavailable", extra={"module": name, "error": str(exc)})
+            logger.error("modprobe unavailable", extra={"kernel_module": name, "error": str(exc)})
             return
         if done.returncode != 0:
             logger.error(
                 "modprobe failed",
-                extra={"module": name, "error": done.stderr.decode(errors="replace")},
+                extra={"kernel_module": name, "error": done.stderr.decode(errors="replace")},
             )
 
 

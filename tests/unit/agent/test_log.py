@@ -44,6 +44,13 @@ def test_record_shape(stream: io.StringIO) -> None:
     assert RFC3339_US.fullmatch(str(record["ts"]))
 
 
+def test_context_does_not_hide_base_fields(stream: io.StringIO) -> None:
+    log.get("process").info("exited", extra={"pid": 4242, "source": "runc"})
+    (record,) = records(stream)
+    assert record["pid"] != 4242 and record["extra_pid"] == 4242
+    assert record["source"] == "agent" and record["extra_source"] == "runc"
+
+
 def test_levels_and_trace(stream: io.StringIO) -> None:
     logger = log.get("x")
     logger.log(TRACE, "t")
