@@ -111,15 +111,20 @@ class Container:
         self.state = State.STOPPED
 
     async def start(self, on_oom: Callable[[str], None]) -> None:
-        if self.state is not State.CREATED:
+        if self.state is not State.CREATED or self.init is None:
             raise FailedPrecondition(f"container {self.id} is {self.state.value}, not created")
-        self._watch_oom(on_oom)
-        assert self.init is not None
+        # Running from now on, so that a concurrent second start is refused.
+        self.state = State.RUNNING
         runtime_exe = _exe(self.init.pid)
-        await self.runtime.start(self.id)
+        self._watch_oom(on_oom)
+        try:
+            await self.runtime.start(self.id)
+        except BaseException:
+            await self._stop_oom_watch()
+            if self.state is State.RUNNING:
+                self.state = State.CREATED
+            raise
         await _until_exec(self.init, runtime_exe)
-        if self.state is State.CREATED:
-            self.state = State.RUNNING
 
     def _watch_oom(self, on_oom: Callable[[str], None]) -> None:
         try:
@@ -141,6 +146,13 @@ class Container:
                 notifier.close()
 
         self._oom_task = asyncio.ensure_future(watch())
+
+    async def _stop_oom_watch(self) -> None:
+        if self._oom_task is not None and not self._oom_task.done():
+            self._oom_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._oom_task
+        self._oom_task = None
 
     async def exec(self, exec_id: str, process_spec: dict[str, Any]) -> Process:
         if exec_id in self.processes:
@@ -252,11 +264,11 @@ class Container:
             await self.forget(process)
         for process in list(self.draining.values()):
             await self.release_output(process)
-        for task in (self._oom_task, self._init_tracker):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._stop_oom_watch()
+        if self._init_tracker is not None and not self._init_tracker.done():
+            self._init_tracker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._init_tracker
         self.cgroup.remove()
         self.bundle.remove()
         await self.storage_manager.remove(self.storages)
