@@ -78,3 +78,7 @@ kernel *args: setup
 # Image builder: build times cold/warm, initrd and disk image sizes, TCG boot to announce.
 bench-image *args: setup
     {{python}} tests/bench/bench_image.py {{args}}
+
+# vsock: one stream through our vhost-user-vsock back-end (TCG test guest) vs a unix socket pair.
+bench-vsock *args: setup
+    {{python}} tests/bench/bench_vsock.py {{args}}

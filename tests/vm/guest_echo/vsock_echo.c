@@ -6,6 +6,8 @@
  *                crc32 as 4 little-endian bytes, then closes
  *   5003 dial    reads "<port> <bytes>\n", connects to the host (CID 2) on <port>, sends
  *                like source does, replies "DONE\n" or "ERR <errno>\n"
+ *   5004 discard reads until EOF, replies "<bytes>\n" (no per-byte work: for benchmarks)
+ *   5005 zeros   reads "<bytes>\n", sends that many zero bytes, closes (for benchmarks)
  */
 #include <errno.h>
 #include <signal.h>
@@ -114,6 +116,29 @@ static void serve_source(int fd) {
         send_random(fd, strtoull(line, NULL, 10));
 }
 
+static void serve_discard(int fd) {
+    static char buf[BUF];
+    unsigned long long total = 0;
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0)
+        total += (unsigned long long)n;
+    dprintf(fd, "%llu\n", total);
+}
+
+static void serve_zeros(int fd) {
+    static char buf[BUF];
+    char line[64];
+    if (read_line(fd, line, sizeof line) < 0)
+        return;
+    unsigned long long total = strtoull(line, NULL, 10);
+    while (total) {
+        size_t n = total < BUF ? (size_t)total : BUF;
+        if (write_all(fd, buf, n) < 0)
+            return;
+        total -= n;
+    }
+}
+
 static void serve_dial(int fd) {
     char line[64];
     unsigned int port;
@@ -166,6 +191,8 @@ int main(void) {
     listen_on(5001, serve_sink);
     listen_on(5002, serve_source);
     listen_on(5003, serve_dial);
-    printf("vsock-echo: listening on 5000-5003\n");
+    listen_on(5004, serve_discard);
+    listen_on(5005, serve_zeros);
+    printf("vsock-echo: listening on 5000-5005\n");
     return 0;
 }
