@@ -20,17 +20,20 @@ from pykata.ttrpc import Client
 from pykata.ttrpc.errors import TtrpcError, Unavailable
 
 FUZZED = [
-    ("CreateContainer", agent_pb2.CreateContainerRequest),
-    ("StartContainer", agent_pb2.StartContainerRequest),
-    ("ExecProcess", agent_pb2.ExecProcessRequest),
-    ("SignalProcess", agent_pb2.SignalProcessRequest),
-    ("ReadStdout", agent_pb2.ReadStreamRequest),
-    ("WriteStdin", agent_pb2.WriteStreamRequest),
-    ("StatsContainer", agent_pb2.StatsContainerRequest),
-    ("CopyFile", agent_pb2.CopyFileRequest),
-    ("GetGuestDetails", agent_pb2.GuestDetailsRequest),
-    ("GetVolumeStats", agent_pb2.VolumeStatsRequest),
-    ("TtyWinResize", agent_pb2.TtyWinResizeRequest),
+    "CreateSandbox",
+    "UpdateEphemeralMounts",
+    "GetMetrics",
+    "CreateContainer",
+    "StartContainer",
+    "ExecProcess",
+    "SignalProcess",
+    "ReadStdout",
+    "WriteStdin",
+    "StatsContainer",
+    "CopyFile",
+    "GetGuestDetails",
+    "GetVolumeStats",
+    "TtyWinResize",
 ]
 
 
@@ -60,7 +63,7 @@ async def fuzz(address: str, calls: list[tuple[int, bytes]]) -> list[str]:
     outcomes = []
     async with await Client.connect(address, timeout=5.0) as client:
         for index, payload in calls:
-            method, _ = FUZZED[index]
+            method = FUZZED[index]
             try:
                 await client.call(
                     "grpc.AgentService",
