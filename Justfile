@@ -5,8 +5,8 @@ export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
 python := justfile_directory() / ".venv/bin/python"
 
 # Debian packages the project needs on the host (QEMU, virtiofsd, runc, busybox for test
-# rootfs, tools to unpack mkosi and Debian packages).
-host_packages := "qemu-system-x86 qemu-system-common qemu-utils runc busybox-static cpio zstd kmod e2fsprogs iproute2 procps psmisc binutils xz-utils"
+# rootfs, tools to unpack mkosi and Debian packages, gcc + libc6-dev for the vsock test guest).
+host_packages := "qemu-system-x86 qemu-system-common qemu-utils runc busybox-static cpio zstd kmod e2fsprogs iproute2 procps psmisc binutils xz-utils gcc libc6-dev"
 
 default:
     @just --list
