@@ -47,10 +47,10 @@ def reseed_random(data: bytes) -> None:
         os.close(fd)
 
 
-def memory_block_size() -> int:
+def memory_block_size(path: str = MEMORY_BLOCK_SIZE) -> int:
     """The hotplug memory block size in bytes, 0 when the guest has no memory hotplug."""
     try:
-        with open(MEMORY_BLOCK_SIZE) as f:
+        with open(path) as f:
             text = f.read().strip()
     except FileNotFoundError:
         return 0
@@ -85,12 +85,13 @@ def _online_all(pattern: str, limit: int | None = None) -> int:
     return count
 
 
-def online_cpus(wanted: int) -> int:
-    return _online_all(f"{SYSFS_CPU}/cpu[0-9]*/online", wanted or None)
+def online_cpus(wanted: int, sysfs: str = SYSFS_CPU) -> int:
+    """Online up to ``wanted`` offline CPUs (0: all of them); returns how many."""
+    return _online_all(f"{sysfs}/cpu[0-9]*/online", wanted or None)
 
 
-def online_memory() -> int:
-    return _online_all(f"{SYSFS_MEMORY}/memory[0-9]*/online")
+def online_memory(sysfs: str = SYSFS_MEMORY) -> int:
+    return _online_all(f"{sysfs}/memory[0-9]*/online")
 
 
 def seccomp_supported() -> bool:

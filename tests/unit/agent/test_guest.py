@@ -1,0 +1,67 @@
+"""Guest helpers on sysfs-shaped trees, and the metrics text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pykata.agent import guest, metrics
+
+
+def sysfs_tree(root: Path, prefix: str, states: list[str]) -> None:
+    for index, state in enumerate(states):
+        node = root / f"{prefix}{index}"
+        node.mkdir(parents=True)
+        (node / "online").write_text(state + "\n")
+
+
+def states(root: Path, prefix: str, count: int) -> list[str]:
+    return [(root / f"{prefix}{i}" / "online").read_text().strip() for i in range(count)]
+
+
+def test_online_cpus_limited_and_all(tmp_path: Path) -> None:
+    sysfs_tree(tmp_path, "cpu", ["1", "0", "0", "0"])
+    (tmp_path / "cpufreq").mkdir()  # not a cpuN directory
+    assert guest.online_cpus(2, str(tmp_path)) == 2
+    assert states(tmp_path, "cpu", 4) == ["1", "1", "1", "0"]
+    assert guest.online_cpus(0, str(tmp_path)) == 1
+    assert states(tmp_path, "cpu", 4) == ["1", "1", "1", "1"]
+
+
+def test_online_memory(tmp_path: Path) -> None:
+    sysfs_tree(tmp_path, "memory", ["0", "1", "0"])
+    assert guest.online_memory(str(tmp_path)) == 2
+    assert states(tmp_path, "memory", 3) == ["1", "1", "1"]
+
+
+def test_memory_block_size(tmp_path: Path) -> None:
+    path = tmp_path / "block_size_bytes"
+    assert guest.memory_block_size(str(path)) == 0
+    path.write_text("8000000\n")
+    assert guest.memory_block_size(str(path)) == 128 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("sec", "usec"), [(-1, 0), (0, -1), (0, 1_000_000)])
+def test_set_time_rejects_out_of_range(sec: int, usec: int) -> None:
+    with pytest.raises(ValueError):
+        guest.set_time(sec, usec)
+
+
+def test_reseed_needs_data() -> None:
+    with pytest.raises(ValueError):
+        guest.reseed_random(b"")
+
+
+def test_metrics_are_prometheus_text() -> None:
+    text = metrics.collect()
+    sample = re.compile(r'[a-z_]+(\{item="[A-Za-z0-9_]+"\})? -?[0-9.e+]+')
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            names.add(line.split()[2])
+            continue
+        assert sample.fullmatch(line), line
+        assert line.split("{")[0].split()[0] in names
+    assert "kata_agent_process_resident_memory_bytes" in names
+    assert "kata_guest_load" in names
