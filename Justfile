@@ -52,9 +52,9 @@ test: setup
 test-tier tier *args: setup
     {{python}} tests/run_tiers.py {{tier}} -- {{args}}
 
-# Start the agent on a unix socket and call Health.Check and Version against it.
+# Build the initrd (cached), boot it in QEMU, run a busybox container in it over hybrid vsock.
 demo: setup
-    {{python}} tests/bench/health_demo.py
+    {{python}} -m pykata.host.demo
 
 # ttRPC: Go reference client against the Go server and ours (calls/s, p50/p99, ratio).
 bench-ttrpc: setup

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pykata.host.ctl import vm_cmd
 from pykata.host.ctl.connect import connect
 from pykata.host.ctl.errors import CtlError, ExitCode, UsageError, rpc_exit_code
 from pykata.host.ctl.lifecycle import destroy_sandbox, format_ps, stop_container
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("container_id")
     cmd.add_argument("--time", type=float, default=10.0, help="grace period in seconds")
     commands.add_parser("destroy", parents=[target], help="destroy the sandbox")
+    vm_cmd.add_parser(commands)
     cmd = commands.add_parser("logs", parents=[target], help="the VM's console (agent logs)")
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     return parser
@@ -146,7 +148,8 @@ def process_request(args: argparse.Namespace) -> ProcessRequest:
         env=args.env,
         cwd=args.cwd,
         terminal=args.tty,
-        stdin=args.interactive,
+        # A terminal is for typing into: like `docker run -it`, -t implies -i here.
+        stdin=args.interactive or args.tty,
     )
 
 
@@ -183,6 +186,8 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.verb == "methods":
         print("\n".join(sorted(METHODS)))
         return ExitCode.OK
+    if args.verb == "vm":
+        return int(args.vm_handler(args))
     target = vm_target(args.vm) if args.vm else address_target(args.server_address)
     if args.verb == "connect":
         return connect(target.address, args.timeout, args.commands, args.interactive)

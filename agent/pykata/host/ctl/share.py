@@ -32,6 +32,25 @@ def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, 
     return f"{GUEST_SHARED_DIR}/{container_id}/rootfs", mount_point
 
 
+def make_shared_mount(folder: Path) -> None:
+    """Before virtiofsd starts: make `folder` a mount point with shared propagation.
+
+    virtiofsd serves from its own mount namespace, a copy taken when it starts; a bind
+    mount made later in the host's namespace only reaches that copy through a shared
+    mount (Kata prepares its sandbox's shared folder the same way). Idempotent.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if not is_mount_point(folder):
+        _run(["mount", "--bind", str(folder), str(folder)])
+    _run(["mount", "--make-shared", str(folder)])
+
+
+def remove_shared_mount(folder: Path) -> None:
+    """Undo make_shared_mount, with whatever is still mounted below it."""
+    if is_mount_point(folder):
+        _run(["umount", "--recursive", "--lazy", str(folder)])
+
+
 def unshare_rootfs(mount_point: Path) -> None:
     # A bind mount from the same filesystem has the parent's st_dev: ask the mount table.
     if is_mount_point(mount_point):

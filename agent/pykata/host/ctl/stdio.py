@@ -14,7 +14,7 @@ import signal
 import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 from pykata.host.ctl.session import Session
 from pykata.host.ctl.tty import raw_mode, terminal_size
@@ -25,17 +25,33 @@ READ_CHUNK = 64 * 1024
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+class Output(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+    def flush(self) -> None: ...
+
+
 class ProcessIO:
-    """stdin is forwarded when asked (always with a terminal), else closed at once."""
+    """stdin is forwarded when asked (the local terminal then in raw mode when the process
+    has one), else closed at once; output goes to our stdout/stderr unless given."""
 
     def __init__(
-        self, session: Session, container_id: str, exec_id: str, *, terminal: bool, stdin: bool
+        self,
+        session: Session,
+        container_id: str,
+        exec_id: str,
+        *,
+        terminal: bool,
+        stdin: bool,
+        stdout: Output | None = None,
+        stderr: Output | None = None,
     ) -> None:
         self.session = session
         self.container_id = container_id
         self.exec_id = exec_id
         self.terminal = terminal
-        self.stdin = stdin or terminal
+        self.stdin = stdin
+        self.stdout: Output = stdout or sys.stdout.buffer
+        self.stderr: Output = stderr or sys.stderr.buffer
         self.background: set[asyncio.Future[Any]] = set()
         self.interrupts = 0
 
@@ -47,12 +63,13 @@ class ProcessIO:
             loop.add_signal_handler(signum, self.on_signal, signum)
         feeder = asyncio.create_task(self.feed_stdin() if self.stdin else self.close_stdin())
         try:
-            with raw_mode(sys.stdin.fileno()) if self.terminal else contextlib.nullcontext():
+            raw = self.terminal and self.stdin
+            with raw_mode(sys.stdin.fileno()) if raw else contextlib.nullcontext():
                 if self.terminal:
                     await self.resize()
-                pumps = [self.pump("ReadStdout", sys.stdout.buffer)]
+                pumps = [self.pump("ReadStdout", self.stdout)]
                 if not self.terminal:
-                    pumps.append(self.pump("ReadStderr", sys.stderr.buffer))
+                    pumps.append(self.pump("ReadStderr", self.stderr))
                 await asyncio.gather(*pumps)
                 response = await self.session.agent(
                     "WaitProcess",
@@ -70,7 +87,7 @@ class ProcessIO:
                 await feeder
         return int(response.status)
 
-    async def pump(self, method: str, out: BinaryIO) -> None:
+    async def pump(self, method: str, out: Output) -> None:
         request = agent_pb2.ReadStreamRequest(
             container_id=self.container_id, exec_id=self.exec_id, len=READ_CHUNK
         )
