@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         # /proc must be there before the command line can be read.
         with contextlib.suppress(Exception):
             pid1.mount_base()
+        with contextlib.suppress(Exception):
+            pid1.ensure_console()
     config = agent_config.load(
         cmdline_path=agent_config.cmdline_source(is_init, os.environ), config_file=config_file
     )

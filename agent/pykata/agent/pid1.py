@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 
 from pykata.agent import log
 from pykata.agent.mount import (
@@ -106,6 +107,31 @@ def mount_base() -> None:
             os.unlink("/dev/ptmx")
     with contextlib.suppress(FileExistsError):
         os.symlink("pts/ptmx", "/dev/ptmx")
+
+
+def ensure_console(console: str = "/dev/console") -> None:
+    """Give stdin/stdout/stderr the console when the kernel could not (no /dev/console in the
+    initramfs): logs go to stderr."""
+    missing = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            missing.append(fd)
+    if not missing:
+        return
+    try:
+        tty = os.open(console, os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return
+    for fd in missing:
+        os.dup2(tty, fd)
+    if tty not in (0, 1, 2):
+        os.close(tty)
+    if sys.stdout is None or 1 in missing:
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    if sys.stderr is None or 2 in missing:
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
 def mount_cgroups(v2: bool) -> None:
