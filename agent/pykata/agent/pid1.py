@@ -215,18 +215,20 @@ def modules_to_load(dirs: list[str] = MODULES_LOAD_DIRS) -> list[str]:
 
 
 def load_modules(names: list[str]) -> None:
-    """modprobe each module; runs before the reaper exists, so waiting here is safe."""
-    for name in names:
-        try:
-            done = subprocess.run(["modprobe", name], capture_output=True, check=False)
-        except OSError as exc:
-            logger.error("modprobe unavailable", extra={"kernel_module": name, "error": str(exc)})
-            return
-        if done.returncode != 0:
-            logger.error(
-                "modprobe failed",
-                extra={"kernel_module": name, "error": done.stderr.decode(errors="replace")},
-            )
+    """One ``modprobe -a`` for all of them (one process: boot time counts); it tries every
+    module even if one fails. Runs before the reaper exists, so waiting here is safe."""
+    if not names:
+        return
+    try:
+        done = subprocess.run(["modprobe", "-a", *names], capture_output=True, check=False)
+    except OSError as exc:
+        logger.error("modprobe unavailable", extra={"kernel_modules": names, "error": str(exc)})
+        return
+    if done.returncode != 0:
+        logger.error(
+            "modprobe failed",
+            extra={"kernel_modules": names, "error": done.stderr.decode(errors="replace")},
+        )
 
 
 def set_child_subreaper() -> None:
