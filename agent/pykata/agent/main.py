@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 import time
+from types import ModuleType
 
 import pykata
 from pykata.agent import config as agent_config
@@ -65,6 +66,14 @@ def announce(config: AgentConfig) -> None:
     )
 
 
+def serving_module() -> ModuleType:
+    for openssl_user in OPENSSL_MODULES:
+        sys.modules.setdefault(openssl_user, None)  # type: ignore[arg-type]
+    from pykata.agent import service
+
+    return service
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         version, config_file = parse_args(sys.argv[1:] if argv is None else argv)
@@ -92,15 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     announce(config)
     for warning in config.warnings:
         logger.warning("configuration problem", extra={"problem": warning})
-    for openssl_user in OPENSSL_MODULES:
-        sys.modules.setdefault(openssl_user, None)  # type: ignore[arg-type]
-    from pykata.agent import service
-
     if not is_init:
         pid1.set_child_subreaper()
-        return service.run(config)
+        return int(serving_module().run(config))
     try:
-        pid1.init(config.cgroup_v2)
+        modprobe = pid1.init(config.cgroup_v2)
+        service = serving_module()
+        pid1.wait_modules(modprobe)
         service.run(config)
     except BaseException:
         logger.exception("init failed")

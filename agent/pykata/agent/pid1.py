@@ -214,21 +214,27 @@ def modules_to_load(dirs: list[str] = MODULES_LOAD_DIRS) -> list[str]:
     return names
 
 
-def load_modules(names: list[str]) -> None:
-    """One ``modprobe -a`` for all of them (one process: boot time counts); it tries every
-    module even if one fails. Runs before the reaper exists, so waiting here is safe."""
+def start_modules(names: list[str]) -> subprocess.Popen[bytes] | None:
+    """Start one ``modprobe -a`` for all of them (it tries every module even if one fails);
+    the agent imports the rest of itself meanwhile, which is what takes long at boot."""
     if not names:
-        return
+        return None
     try:
-        done = subprocess.run(["modprobe", "-a", *names], capture_output=True, check=False)
+        return subprocess.Popen(
+            ["modprobe", "-a", *names], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
     except OSError as exc:
         logger.error("modprobe unavailable", extra={"kernel_modules": names, "error": str(exc)})
+        return None
+
+
+def wait_modules(modprobe: subprocess.Popen[bytes] | None) -> None:
+    """Wait for start_modules(); must run before the reaper starts reaping."""
+    if modprobe is None:
         return
-    if done.returncode != 0:
-        logger.error(
-            "modprobe failed",
-            extra={"kernel_modules": names, "error": done.stderr.decode(errors="replace")},
-        )
+    _, err = modprobe.communicate()
+    if modprobe.returncode != 0:
+        logger.error("modprobe failed", extra={"error": err.decode(errors="replace")})
 
 
 def set_child_subreaper() -> None:
@@ -237,8 +243,9 @@ def set_child_subreaper() -> None:
         logger.error("PR_SET_CHILD_SUBREAPER failed", extra={"error": os.strerror(err)})
 
 
-def init(cgroup_v2: bool) -> None:
-    """PID 1 set-up; each step logs its own failure and the next one still runs."""
+def init(cgroup_v2: bool) -> subprocess.Popen[bytes] | None:
+    """PID 1 set-up; each step logs its own failure and the next one still runs. Returns the
+    module loading still in progress (see wait_modules)."""
     mount_base()
     mount_cgroups(cgroup_v2)
     with contextlib.suppress(PermissionError):
@@ -247,7 +254,7 @@ def init(cgroup_v2: bool) -> None:
         loopback_up()
     except OSError as exc:
         logger.error("cannot bring lo up", extra={"error": str(exc)})
-    load_modules(modules_to_load())
+    return start_modules(modules_to_load())
 
 
 def power_off() -> None:
