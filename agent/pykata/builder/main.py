@@ -77,16 +77,39 @@ def parser() -> argparse.ArgumentParser:
     setup.set_defaults(func=cmd_setup)
 
     bld = sub.add_parser("build", help="build kernel, initrd or disk image, manifest")
-    bld.add_argument("--flavour", choices=build.FLAVOURS, default="initrd")
-    bld.add_argument("--kernel-source", choices=build.KERNEL_SOURCES, default="debian")
-    bld.add_argument("--output", type=Path, default=build.Options.output)
-    bld.add_argument("--clean", action="store_true", help="rebuild, ignoring every cache")
+    bld.add_argument(
+        "--flavour",
+        choices=build.FLAVOURS,
+        default="initrd",
+        help="initrd: cpio, the agent is /init (default); image: ext4 disk, systemd starts it",
+    )
+    bld.add_argument(
+        "--kernel-source",
+        choices=build.KERNEL_SOURCES,
+        default="debian",
+        help="debian: trixie's cloud kernel + modules (default); build: ours, all built in",
+    )
+    bld.add_argument(
+        "--output", type=Path, default=build.Options.output, help="default: build/ in the checkout"
+    )
+    bld.add_argument(
+        "--clean",
+        action="store_true",
+        help="rebuild even if nothing changed, and drop mkosi's incremental cache",
+    )
     bld.add_argument("--mirror", help=mirror_help)
     bld.set_defaults(func=cmd_build)
 
     kern = sub.add_parser("kernel", help="fetch Debian's kernel or build ours")
-    kern.add_argument("--source", choices=build.KERNEL_SOURCES, default="debian")
-    kern.add_argument("--output", type=Path, default=build.Options.output)
+    kern.add_argument(
+        "--source",
+        choices=build.KERNEL_SOURCES,
+        default="debian",
+        help="debian: trixie's cloud kernel (default); build: linux-source + kernel-config/",
+    )
+    kern.add_argument(
+        "--output", type=Path, default=build.Options.output, help="default: build/ in the checkout"
+    )
     kern.add_argument("--mirror", help=mirror_help)
     kern.set_defaults(func=cmd_kernel)
 
