@@ -108,7 +108,6 @@ class Guest:
             "WaitProcess",
             agent_pb2.WaitProcessRequest(container_id=cid, exec_id=eid),
             agent_pb2.WaitProcessResponse,
-            blocking=True,
         )
         return reply.status
 
@@ -333,9 +332,7 @@ async def test_stats(guest: Guest) -> None:
 
 async def test_oom_event(guest: Guest) -> None:
     oom = asyncio.create_task(
-        guest.session.agent(
-            "GetOOMEvent", agent_pb2.GetOOMEventRequest(), agent_pb2.OOMEvent, blocking=True
-        )
+        guest.session.agent("GetOOMEvent", agent_pb2.GetOOMEventRequest(), agent_pb2.OOMEvent)
     )
     # tail keeps a line that never ends: it grows until the 32 MiB limit kills it.
     cid = await guest.create(["tail", "/dev/zero"], memory_limit=32 * MIB)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from google.protobuf import empty_pb2
 from pykata.host.ctl.errors import ExitCode
 from pykata.host.ctl.main import main
 from pykata.protocols import agent_pb2, health_pb2
@@ -39,6 +40,16 @@ class Agent:
         response = agent_pb2.StatsContainerResponse()
         response.cgroup_stats.pids_stats.limit = 42
         return response
+
+    async def WaitProcess(
+        self, request: agent_pb2.WaitProcessRequest
+    ) -> agent_pb2.WaitProcessResponse:
+        await asyncio.sleep(1.0)  # longer than the --timeout the test gives
+        return agent_pb2.WaitProcessResponse(status=9)
+
+    async def ReseedRandomDev(self, request: agent_pb2.ReseedRandomDevRequest) -> empty_pb2.Empty:
+        await asyncio.sleep(1.0)
+        return empty_pb2.Empty()
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +118,15 @@ def test_rpc_error_exits_1_with_code_name(address: str, capsys: pytest.CaptureFi
 def test_unimplemented_method_exits_1(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["connect", "--server-address", address, "-c", "GetMetrics"]) == 1
     assert "GetMetrics: UNIMPLEMENTED" in capsys.readouterr().err
+
+
+def test_waits_get_no_deadline(address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["connect", "--server-address", address, "--timeout", "0.3"]
+    assert main([*argv, "-c", "WaitProcess"]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out) == {"status": 9}
+    # Ordinary calls do get it.
+    assert main([*argv, "-c", "ReseedRandomDev"]) == ExitCode.RPC_ERROR
+    assert "ReseedRandomDev: DEADLINE_EXCEEDED" in capsys.readouterr().err
 
 
 def test_no_agent_exits_3(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,8 @@ from google.protobuf.message_factory import GetMessageClass
 from pykata.protocols import agent_pb2, health_pb2
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
+# Calls that wait for something to happen in the guest: no deadline (--timeout) for them.
+BLOCKING = frozenset({"ReadStdout", "ReadStderr", "WaitProcess", "GetOOMEvent"})
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
@@ -24,6 +26,7 @@ class Method:
     name: str
     request_type: type[Message]
     response_type: type[Message]
+    blocking: bool
 
 
 def _methods(*services: ServiceDescriptor) -> dict[str, Method]:
@@ -37,6 +40,7 @@ def _methods(*services: ServiceDescriptor) -> dict[str, Method]:
                 name=method.name,
                 request_type=GetMessageClass(method.input_type),
                 response_type=GetMessageClass(method.output_type),
+                blocking=method.name in BLOCKING,
             )
     return table
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pykata.host.ctl.errors import UsageError
+from pykata.host.ctl.errors import CtlError, UsageError
 from pykata.host.ctl.session import Session
 from pykata.host.ctl.share import share_rootfs, unshare_rootfs
 from pykata.host.ctl.spec import ProcessOptions, build_process, build_spec
@@ -19,7 +19,7 @@ from pykata.host.ctl.stdio import ProcessIO
 from pykata.host.ctl.target import GUEST_SHARED_DIR, Target
 from pykata.host.ctl.tty import terminal_size
 from pykata.protocols import agent_pb2
-from pykata.ttrpc.errors import AlreadyExists, NotFound
+from pykata.ttrpc.errors import AlreadyExists, NotFound, TtrpcError
 
 HOSTNAME = "pykata"
 # Kata's storage for the kataShared virtio-fs folder, mounted by the agent in CreateSandbox.
@@ -103,9 +103,14 @@ async def run_container(
             "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
         )
         io = ProcessIO(session, cid, cid, terminal=process.terminal, stdin=process.stdin)
-        return await io.run()
-    finally:
-        await remove_container(session, state_file, cid)
+        code = await io.run()
+    except BaseException:
+        # The first failure is the one to report: cleaning up after it is best effort.
+        with contextlib.suppress(TtrpcError, CtlError):
+            await remove_container(session, state_file, cid)
+        raise
+    await remove_container(session, state_file, cid)
+    return code
 
 
 async def remove_container(session: Session, state_file: StateFile, container_id: str) -> None:

@@ -10,7 +10,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from pykata.host.ctl.errors import ConnectionFailure, UsageError
-from pykata.host.ctl.methods import AGENT_SERVICE, Method
+from pykata.host.ctl.methods import METHODS, Method
 from pykata.ttrpc import Client
 from pykata.ttrpc.errors import TtrpcError
 
@@ -24,21 +24,19 @@ class Session:
         self.client = client
         self.timeout = timeout
 
+    def deadline(self, method: Method) -> float | None:
+        return None if method.blocking else self.timeout
+
     async def call(self, method: Method, request: Message) -> Message:
         return await self.client.call(
-            method.service, method.name, request, method.response_type, timeout=self.timeout
+            method.service, method.name, request, method.response_type, self.deadline(method)
         )
 
-    async def agent(
-        self, name: str, request: Message, response_type: type[M], *, blocking: bool = False
-    ) -> M:
-        """An AgentService call; blocking calls (reads, waits) get no deadline."""
+    async def agent(self, name: str, request: Message, response_type: type[M]) -> M:
+        """An AgentService call with its typed reply."""
+        method = METHODS[name]
         return await self.client.call(
-            AGENT_SERVICE.full_name,
-            name,
-            request,
-            response_type,
-            timeout=None if blocking else self.timeout,
+            method.service, name, request, response_type, self.deadline(method)
         )
 
     async def agent_empty(self, name: str, request: Message) -> None:

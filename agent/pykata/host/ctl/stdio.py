@@ -77,7 +77,6 @@ class ProcessIO:
                         container_id=self.container_id, exec_id=self.exec_id
                     ),
                     agent_pb2.WaitProcessResponse,
-                    blocking=True,
                 )
         finally:
             for signum in signals:
@@ -92,9 +91,7 @@ class ProcessIO:
             container_id=self.container_id, exec_id=self.exec_id, len=READ_CHUNK
         )
         while True:
-            response = await self.session.agent(
-                method, request, agent_pb2.ReadStreamResponse, blocking=True
-            )
+            response = await self.session.agent(method, request, agent_pb2.ReadStreamResponse)
             if not response.data:
                 return
             out.write(response.data)
