@@ -149,6 +149,13 @@ class Sandbox:
                 extra={"resolv_conf": RESOLV_CONF},
             )
             return
+        if not os.path.exists(GUEST_RESOLV_CONF):
+            # A minimal image may have none, or a link into a resolver that is not running.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(GUEST_RESOLV_CONF)
+            os.makedirs(os.path.dirname(GUEST_RESOLV_CONF), exist_ok=True)
+            with open(GUEST_RESOLV_CONF, "w"):
+                pass
         mount(RESOLV_CONF, GUEST_RESOLV_CONF, None, MS_BIND)
         self._resolv_mounted = True
 
