@@ -381,6 +381,23 @@ async def test_invalid_requests(
         )
 
 
+async def test_root_through_a_symlink_is_refused(sandbox: set[str], agent: Any) -> None:
+    cid = f"symlink-{RUN}"
+    link = Path(SHARED) / cid
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to("/")
+    try:
+        spec = container_spec(cid, ["true"])
+        spec.Root.Path = f"{link}/usr"
+        with pytest.raises(InvalidArgument, match="symlink"):
+            await agent.CreateContainer(
+                agent_pb2.CreateContainerRequest(container_id=cid, OCI=spec)
+            )
+        assert leftovers(cid) == []
+    finally:
+        link.unlink()
+
+
 async def test_no_leaks_after_remove_and_destroy(
     sandbox: set[str],
     agent: Any,

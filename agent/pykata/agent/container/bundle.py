@@ -21,6 +21,9 @@ class Bundle:
     def create(self, root_source: str) -> None:
         """Make the bundle dir and bind the host-given root (a storage or shared-dir path)."""
         source = validate_under(root_source, CONTAINER_BASE)
+        # A symlink on the way could point the root anywhere outside Kata's tree.
+        if os.path.realpath(source) != source:
+            raise InvalidArgument(f"container root {root_source!r} goes through a symlink")
         if not os.path.isdir(source):
             raise InvalidArgument(f"container root {root_source!r} is not a directory")
         os.makedirs(self.rootfs, exist_ok=True)
