@@ -26,6 +26,11 @@ def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, 
         raise UsageError(
             f"no shared folder is known for {target.address}: use a VM target or a unix:// agent"
         )
+    if target.virtio_fs and not propagates(target.shared_dir):
+        raise UsageError(
+            f"{target.shared_dir} is not below a shared mount: virtiofsd would never see the "
+            "container's root (make_shared_mount must run before the VM starts)"
+        )
     mount_point = target.shared_dir / container_id / "rootfs"
     mount_point.mkdir(parents=True, exist_ok=True)
     _run(["mount", "--bind", str(rootfs), str(mount_point)])
@@ -61,8 +66,30 @@ def unshare_rootfs(mount_point: Path) -> None:
 
 def is_mount_point(path: Path) -> bool:
     target = os.path.realpath(path)
+    return any(mount_point == target for mount_point, _ in _mounts())
+
+
+def propagates(folder: Path) -> bool:
+    """Whether mounts made below folder propagate to peers (its mount is a shared one)."""
+    target = os.path.realpath(folder)
+    depth, shared = -1, False
+    for mount_point, is_shared in _mounts():
+        holds = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        # The innermost mount decides; of two on one point, the later one is on top.
+        if holds and len(mount_point) >= depth:
+            depth, shared = len(mount_point), is_shared
+    return shared
+
+
+def _mounts() -> list[tuple[str, bool]]:
+    """(mount point, shared propagation) per line of our mount table, in mount order."""
     with open("/proc/self/mountinfo") as mountinfo:
-        return any(_unescape(line.split()[4]) == target for line in mountinfo)
+        table = []
+        for line in mountinfo:
+            fields = line.split()
+            optional = fields[6 : fields.index("-")]
+            table.append((_unescape(fields[4]), any(f.startswith("shared:") for f in optional)))
+        return table
 
 
 def _unescape(field: str) -> str:
