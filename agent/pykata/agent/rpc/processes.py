@@ -33,7 +33,7 @@ def signal_handled(pid: int, sig: int) -> bool:
             for line in f:
                 if line.startswith("SigCgt:"):
                     return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
-    except (FileNotFoundError, ProcessLookupError):
+    except FileNotFoundError:  # already gone
         pass
     return False
 
