@@ -130,7 +130,7 @@ def test_run_without_interactive_gives_eof_on_stdin(ctl: Ctl, busybox_rootfs: Pa
     assert (done.returncode, done.stdout) == (0, "")
 
 
-def test_exec_ps_and_stop(ctl: Ctl, busybox_rootfs: Path) -> None:
+def test_exec_ps_and_stop(ctl: Ctl, busybox_rootfs: Path, tmp_path: Path) -> None:
     runner = ctl.start("run", "--id", LONG_ID, str(busybox_rootfs), "--", "sleep", "300")
     try:
         wait_listed(ctl, LONG_ID)
@@ -139,6 +139,14 @@ def test_exec_ps_and_stop(ctl: Ctl, busybox_rootfs: Path) -> None:
         done = ctl("exec", LONG_ID, "--", "sh", "-c", "echo from exec; exit 5")
         assert (done.returncode, done.stdout) == (5, "from exec\n"), done.stderr
         assert ctl("exec", "nosuchcontainer", "--", "true").returncode == 125
+        # A second run with the same id fails, and must not take the first container down:
+        # from this CLI's state, and from another state file where only the agent knows it.
+        assert ctl("run", "--id", LONG_ID, str(busybox_rootfs), "--", "true").returncode == 125
+        other = Ctl(ctl.address, tmp_path)
+        done = other("run", "--id", LONG_ID, str(busybox_rootfs), "--", "true")
+        assert done.returncode == 125
+        assert "in use" in done.stderr
+        assert ctl("exec", LONG_ID, "--", "true").returncode == 0
         assert ctl("stop", LONG_ID, "--time", "5").returncode == 0
         # The container's init ignores SIGTERM (PID 1 without a handler): it gets SIGKILL.
         assert runner.wait(timeout=60) == 137

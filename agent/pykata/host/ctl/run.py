@@ -93,21 +93,27 @@ async def run_container(
             owner_pid=os.getpid(),
             mount=str(mount),
         )
+    created = False
     try:
         spec = build_spec(process.options(), root_path, HOSTNAME)
         await session.agent_empty(
             "CreateContainer",
             agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec),
         )
+        created = True
         await session.agent_empty(
             "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
         )
         io = ProcessIO(session, cid, cid, terminal=process.terminal, stdin=process.stdin)
         code = await io.run()
     except BaseException:
-        # The first failure is the one to report: cleaning up after it is best effort.
+        # The first failure is the one to report: cleaning up after it is best effort. A
+        # container the agent refused to create may be somebody else's: leave it alone.
         with contextlib.suppress(TtrpcError, CtlError):
-            await remove_container(session, state_file, cid)
+            if created:
+                await remove_container(session, state_file, cid)
+            else:
+                forget_container(state_file, cid)
         raise
     await remove_container(session, state_file, cid)
     return code
@@ -119,6 +125,11 @@ async def remove_container(session: Session, state_file: StateFile, container_id
         await session.agent_empty(
             "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=container_id)
         )
+    forget_container(state_file, container_id)
+
+
+def forget_container(state_file: StateFile, container_id: str) -> None:
+    """Undo the container's rootfs share and drop its record."""
     with state_file.update() as state:
         record = state.containers.pop(container_id, None)
         if record is not None:

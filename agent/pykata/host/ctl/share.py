@@ -31,9 +31,20 @@ def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, 
             f"{target.shared_dir} is not below a shared mount: virtiofsd would never see the "
             "container's root (make_shared_mount must run before the VM starts)"
         )
-    mount_point = target.shared_dir / container_id / "rootfs"
-    mount_point.mkdir(parents=True, exist_ok=True)
-    _run(["mount", "--bind", str(rootfs), str(mount_point)])
+    folder = target.shared_dir / container_id
+    target.shared_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        raise UsageError(f"container id {container_id} is in use ({folder} exists)") from None
+    mount_point = folder / "rootfs"
+    mount_point.mkdir()
+    try:
+        _run(["mount", "--bind", str(rootfs), str(mount_point)])
+    except ShareError:
+        mount_point.rmdir()
+        folder.rmdir()
+        raise
     return f"{GUEST_SHARED_DIR}/{container_id}/rootfs", mount_point
 
 
