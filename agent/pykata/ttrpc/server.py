@@ -67,6 +67,10 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._writer = FrameWriter(transport, self._loop)
+        if self._server._closing:
+            # Accepted just before close() stopped the listener: it would outlive the server.
+            transport.abort()
+            return
         self._server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -199,6 +203,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._socket_paths: list[str] = []
         self._connections: set[_Connection] = set()
+        self._closing = False
         self._closed = asyncio.Event()
 
     def register(self, service: ServiceDescriptor, *handlers: object) -> None:
@@ -224,6 +229,7 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, drop every connection and cancel its in-flight handlers."""
+        self._closing = True
         listeners, self._listeners = self._listeners, []
         for listener in listeners:
             listener.close()

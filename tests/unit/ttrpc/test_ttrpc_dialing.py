@@ -34,15 +34,18 @@ async def hvsock_mux(
         dst.close()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lines.append(await reader.readline())
-        if not reply:
-            await asyncio.Event().wait()
-        writer.write(reply)
-        if not reply.startswith(b"OK"):
+        try:
+            lines.append(await reader.readline())
+            if not reply:
+                await reader.read()  # silent until the client gives up
+            elif reply.startswith(b"OK"):
+                writer.write(reply)
+                up_reader, up_writer = await asyncio.open_unix_connection(target)
+                await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+            else:
+                writer.write(reply)
+        finally:
             writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_unix_connection(target)
-        await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
 
     mux = await asyncio.start_unix_server(serve, path)
     async with mux:
