@@ -47,5 +47,9 @@ async def test_no_working_runtime_is_a_clear_error(
     reaper: Reaper, broken_crun: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(broken_crun))
-    with pytest.raises(Unavailable, match="no working OCI runtime"):
+    with pytest.raises(Unavailable, match="no working OCI runtime") as failure:
         await detect(reaper)
+    # Each candidate says why it was not taken.
+    assert "crun create failed (exit 1): " in str(failure.value)
+    assert "stderr: crun: cannot set up cgroups" in str(failure.value)
+    assert "runc: not installed" in str(failure.value)

@@ -164,8 +164,8 @@ class OciRuntime:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
-    async def works(self) -> bool:
-        """Cheap probe: can this runtime create (and delete) a container on this system?
+    async def probe(self) -> str | None:
+        """Cheap probe: can this runtime create (and delete) a container here? Why not.
 
         crun 1.8, for one, refuses a hybrid cgroup v1/v2 layout; only trying tells.
         """
@@ -176,16 +176,19 @@ class OciRuntime:
             # Never run (the probe container is not started), but runtimes check it exists.
             os.close(os.open(os.path.join(bundle, "rootfs", "probe"), os.O_CREAT, 0o755))
             write_json(os.path.join(bundle, "config.json"), probe_spec(probe_id))
+            # What the runtime prints before its log is set up (bad usage, say) lands here.
+            err_path = os.path.join(bundle, "stderr")
+            err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                await self.create(probe_id, bundle, stdio=None, console=None)
-            except (RuntimeFailure, OSError, ValueError, TimeoutError) as exc:
-                log.info("OCI runtime probe failed", extra={"runtime": self.binary})
-                log.debug("probe error: %s", exc)
-                return False
+                await self.create(probe_id, bundle, stdio=ChildStdio(None, None, err), console=None)
+            except (RuntimeFailure, OSError, ValueError) as exc:
+                stderr = read_text(err_path).strip()
+                return f"{exc}{f' (stderr: {stderr})' if stderr else ''}"
             finally:
+                os.close(err)
                 with contextlib.suppress(RuntimeFailure, TimeoutError):
                     await self.delete(probe_id)
-        return True
+        return None
 
 
 def probe_spec(container_id: str) -> dict[str, Any]:
@@ -205,6 +208,12 @@ def write_json(path: str, data: dict[str, Any]) -> None:
     # Small files on tmpfs: not worth a thread.
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def read_text(path: str) -> str:
+    # Small files on tmpfs: not worth a thread.
+    with open(path, errors="replace") as f:
+        return f.read()
 
 
 def read_pid(path: str) -> int:
@@ -231,12 +240,17 @@ def read_log_errors(path: str) -> str:
 async def detect(reaper: Reaper) -> OciRuntime:
     """The first runtime of CANDIDATES that is installed and passes the probe."""
     no_pivot = root_is_initramfs()
+    failures = []
     for name in CANDIDATES:
         binary = shutil.which(name)
         if binary is None:
+            failures.append(f"{name}: not installed")
             continue
         runtime = OciRuntime(binary, reaper, no_pivot=no_pivot)
-        if await runtime.works():
+        failure = await runtime.probe()
+        if failure is None:
             log.info("using OCI runtime", extra={"runtime": binary, "no_pivot": no_pivot})
             return runtime
-    raise Unavailable(f"no working OCI runtime found (tried {', '.join(CANDIDATES)})")
+        log.warning("OCI runtime unusable", extra={"runtime": binary, "error": failure})
+        failures.append(f"{binary}: {failure}")
+    raise Unavailable(f"no working OCI runtime: {'; '.join(failures)}")
