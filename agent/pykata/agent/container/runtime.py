@@ -172,7 +172,9 @@ class OciRuntime:
         os.makedirs(STATE_ROOT, exist_ok=True)
         probe_id = f"kata-agent-probe-{os.getpid()}"
         with tempfile.TemporaryDirectory(dir=STATE_ROOT, prefix="probe-") as bundle:
-            os.mkdir(os.path.join(bundle, "rootfs"))
+            # crun creates its device nodes in the rootfs's /dev: it must exist.
+            for path in ("rootfs", "rootfs/dev", "rootfs/proc"):
+                os.mkdir(os.path.join(bundle, path))
             # Never run (the probe container is not started), but runtimes check it exists.
             os.close(os.open(os.path.join(bundle, "rootfs", "probe"), os.O_CREAT, 0o755))
             write_json(os.path.join(bundle, "config.json"), probe_spec(probe_id))
