@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable
+import sys
+from collections.abc import Awaitable, Coroutine
 from types import TracebackType
+from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
@@ -30,6 +32,23 @@ _REQUEST = FrameType.REQUEST.value
 _RESPONSE = FrameType.RESPONSE.value
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _parse_request = ttrpc_pb2.Request.FromString
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(
+        coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Task[None]:
+        """Run the handler at once, up to its first suspension (most answer without one),
+        instead of a loop iteration later: ~25% less CPU per call on the guest's 3.13."""
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _start_task(
+        coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coro)
 
 
 def _ok_response(payload: bytes) -> bytes:
@@ -138,9 +157,11 @@ class _Connection(asyncio.Protocol):
         if method is None:
             self._send_error(stream_id, Code.UNIMPLEMENTED, f"method {request.method}")
             return
-        self._inflight[stream_id] = self._loop.create_task(
-            self._run(stream_id, method, request.payload, request.timeout_nano)
+        task = _start_task(
+            self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
         )
+        if not task.done():
+            self._inflight[stream_id] = task
 
     async def _run(self, stream_id: int, method: Method, payload: bytes, timeout_nano: int) -> None:
         try:
@@ -188,7 +209,7 @@ class _Connection(asyncio.Protocol):
             log.warning("ttrpc: %s failed", method.name, exc_info=True)
             self._send_error(stream_id, code, message)
         finally:
-            del self._inflight[stream_id]
+            self._inflight.pop(stream_id, None)
 
     def _send_error(self, stream_id: int, code: int, message: str) -> None:
         if self._writer is not None and self._transport is not None:
