@@ -1,10 +1,12 @@
 """Kernel command line options of the agent in a real guest: the log vport streams the JSON
-log (from the announce on) to its vsock client, and the debug console vport gives a shell."""
+log (from the announce on) to its vsock client, and the debug console vport gives a shell,
+through which the PID 1 set-up (cgroup controllers, lo, /dev/ptmx) is checked."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import socket
 
@@ -62,7 +64,18 @@ async def test_log_and_debug_console_vports(
         shell = await dial(parse_address(vm.vsock_address(CONSOLE_PORT)), timeout=30)
         with shell:
             loop = asyncio.get_running_loop()
-            await loop.sock_sendall(shell, b"echo pykata-$((6*7))\n")
-            output = await read_until(shell, b"pykata-42", within=60)
-            assert b"pykata-42" in output
+            # What PID 1 set up, seen from inside the guest.
+            await loop.sock_sendall(
+                shell,
+                b"echo ctl=$(cat /sys/fs/cgroup/cgroup.subtree_control);"
+                b" echo lo=$(cat /sys/class/net/lo/flags); echo ptmx=$(readlink /dev/ptmx);"
+                b" echo pykata-$((6*7))\n",
+            )
+            output = (await read_until(shell, b"pykata-42", within=60)).decode()
             await loop.sock_sendall(shell, b"exit\n")
+        # A prompt may precede an answer on its line; the echoed command (values "$(...") never
+        # matches.
+        facts = dict(re.findall(r"\b(ctl|lo|ptmx)=([^\r\n$]*)\r?$", output, re.MULTILINE))
+        assert {"memory", "pids", "cpu"} <= set(facts["ctl"].split()), output
+        assert int(facts["lo"], 16) & 0x1  # IFF_UP
+        assert facts["ptmx"] == "pts/ptmx"
