@@ -36,15 +36,6 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 _logs_by_module: dict[str, Path] = {}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Everything here starts the agent as root: say so once, clearly, instead of failing.
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="integration tests run the agent as root (mounts, ns)")
-        for item in items:
-            if "integration" in str(item.path):
-                item.add_marker(skip)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -122,6 +113,8 @@ def agent_process(
     agent_args: list[str],
     agent_wrapper: list[str],
 ) -> Iterator[subprocess.Popen[bytes]]:
+    if os.geteuid() != 0:
+        pytest.skip("the agent runs as root here (mounts, namespaces, reaping)")
     env = dict(os.environ)
     env.pop("INVOCATION_ID", None)  # never pick the host's kernel command line up
     env.update({"KATA_AGENT_SERVER_ADDR": agent_address, "KATA_AGENT_LOG_LEVEL": "debug"})

@@ -17,6 +17,8 @@ from pykata.agent.mount import fstype_of, mount_points
 from pykata.agent.storage.manager import StorageManager, StorageSpec
 from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument
 
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+
 
 @pytest.fixture
 def base() -> Iterator[Path]:
