@@ -153,16 +153,16 @@ ENV_LOG_LEVEL = "KATA_AGENT_LOG_LEVEL"
 ENV_TRACING = "KATA_AGENT_TRACING"
 
 
-def cmdline_source(is_pid1: bool, environ: Mapping[str, str]) -> str | None:
-    """Which kernel command line applies to this agent, if any.
+def in_guest(is_pid1: bool, environ: Mapping[str, str]) -> bool:
+    """Whether the agent runs as a guest's agent: PID 1 (initrd) or a systemd service
+    (systemd sets INVOCATION_ID for every unit). Started any other way, it runs on a
+    development host or under tests, where the host's own settings must stay untouched."""
+    return is_pid1 or "INVOCATION_ID" in environ
 
-    In a guest the agent is PID 1 (initrd) or a systemd service (systemd sets INVOCATION_ID
-    for every unit): both read /proc/cmdline. Started any other way, it runs on a development
-    host or under tests, where the host's kernel parameters are not meant for the agent.
-    """
-    if is_pid1 or "INVOCATION_ID" in environ:
-        return "/proc/cmdline"
-    return None
+
+def cmdline_source(is_pid1: bool, environ: Mapping[str, str]) -> str | None:
+    """Which kernel command line applies to this agent, if any (only a guest's)."""
+    return "/proc/cmdline" if in_guest(is_pid1, environ) else None
 
 
 def parse_cmdline(text: str, config: AgentConfig) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pykata.agent import log, namespaces
-from pykata.agent.config import AgentConfig
+from pykata.agent.config import AgentConfig, in_guest
 from pykata.agent.mount import MS_BIND, mount, umount
 from pykata.agent.reaper import Reaper
 from pykata.agent.storage.manager import StorageManager, StorageSpec
@@ -40,9 +40,9 @@ class KernelModule:
     parameters: list[str] = field(default_factory=list)
 
 
-def own_mount_namespace() -> bool:
-    """True when mounting over /etc is ours to do: we are init or have a private mount ns."""
-    if os.getpid() == 1:
+def owns_etc() -> bool:
+    """Mounting over /etc/resolv.conf is ours to do: in a guest, or in a private mount ns."""
+    if in_guest(os.getpid() == 1, os.environ):
         return True
     try:
         return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
@@ -143,9 +143,9 @@ class Sandbox:
             return
         with open(RESOLV_CONF, "w") as f:
             f.write("".join(line + "\n" for line in dns))
-        if not own_mount_namespace():
+        if not owns_etc():
             logger.info(
-                "not the guest's init: /etc/resolv.conf left alone",
+                "not in a guest: /etc/resolv.conf left alone",
                 extra={"resolv_conf": RESOLV_CONF},
             )
             return

@@ -142,6 +142,12 @@ def test_unparsable_or_missing_files_are_reported(tmp_path: Path) -> None:
     assert missing == AgentConfig() and missing.warnings
 
 
+def test_in_guest() -> None:
+    assert config.in_guest(True, {})
+    assert config.in_guest(False, {"INVOCATION_ID": "0123"})
+    assert not config.in_guest(False, {"PATH": "/bin"})
+
+
 def test_cmdline_source() -> None:
     assert config.cmdline_source(True, {}) == "/proc/cmdline"
     assert config.cmdline_source(False, {"INVOCATION_ID": "abc"}) == "/proc/cmdline"
