@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 from pykata.agent.mount import MS_BIND, MS_NOSUID, MS_RDONLY, MS_REC, parse_options
-from pykata.agent.storage.manager import StorageManager, StorageSpec
+from pykata.agent.rpc.storages import storage_specs
+from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec
 from pykata.agent.storage.options import option_map
+from pykata.protocols import agent_pb2, types_pb2
 from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument
 
 
@@ -102,3 +105,66 @@ def test_mount_option_parsing() -> None:
 
 def test_option_map_as_kata() -> None:
     assert option_map(["mode=0755", "fsgid=10", "a=b=c", "flag"]) == {"mode": "0755", "fsgid": "10"}
+
+
+async def test_fs_group_ownership(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    (vol / "sub").mkdir(parents=True)
+    (vol / "sub" / "file").write_text("x")
+    (vol / "sub" / "file").chmod(0o600)
+    outside = tmp_path / "outside"
+    outside.write_text("not part of the volume")
+    outside.chmod(0o600)
+    (vol / "link").symlink_to(outside)
+    gid = os.getgid()
+    manager = StorageManager(base=str(tmp_path))
+    spec = StorageSpec(driver="local", mount_point=str(vol), fs_group=FsGroup(gid))
+    await manager.add([spec])
+    assert stat.S_IMODE((vol / "sub" / "file").stat().st_mode) == 0o660
+    sub = (vol / "sub").stat()
+    assert sub.st_gid == gid and sub.st_mode & 0o2070 == 0o2070
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600  # the link was not followed
+
+
+async def test_fs_group_on_root_mismatch_skips_a_fitting_root(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir(mode=0o770)
+    vol.chmod(0o770)
+    (vol / "file").write_text("x")
+    (vol / "file").chmod(0o600)
+    manager = StorageManager(base=str(tmp_path))
+    policy = FsGroup(os.getgid(), on_root_mismatch=True)
+    await manager.add([StorageSpec(driver="local", mount_point=str(vol), fs_group=policy)])
+    assert stat.S_IMODE((vol / "file").stat().st_mode) == 0o600  # root already fits
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "file").write_text("x")
+    (ro / "file").chmod(0o600)
+    spec = StorageSpec(
+        driver="local", mount_point=str(ro), options=["ro"], fs_group=FsGroup(os.getgid())
+    )
+    await manager.add([spec])
+    assert stat.S_IMODE((ro / "file").stat().st_mode) == 0o640  # read-only: no group write
+
+
+def test_protobuf_storage_conversion() -> None:
+    storage = agent_pb2.Storage(
+        driver="virtio-fs",
+        driver_options=["a=b"],
+        source="kataShared",
+        fstype="virtiofs",
+        options=["ro"],
+        mount_point="/run/kata-containers/shared/containers",
+        fs_group=agent_pb2.FSGroup(group_id=1000, group_change_policy=types_pb2.OnRootMismatch),
+    )
+    (spec,) = storage_specs([storage])
+    assert spec == StorageSpec(
+        driver="virtio-fs",
+        driver_options=["a=b"],
+        source="kataShared",
+        fstype="virtiofs",
+        options=["ro"],
+        mount_point="/run/kata-containers/shared/containers",
+        fs_group=FsGroup(1000, on_root_mismatch=True),
+    )
+    assert storage_specs([agent_pb2.Storage(driver="local")])[0].fs_group is None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pykata.agent.storage.manager import StorageSpec
-from pykata.protocols import agent_pb2
+from pykata.agent.storage.manager import FsGroup, StorageSpec
+from pykata.protocols import agent_pb2, types_pb2
 
 
 def storage_specs(storages: Iterable[agent_pb2.Storage]) -> list[StorageSpec]:
@@ -17,7 +17,12 @@ def storage_specs(storages: Iterable[agent_pb2.Storage]) -> list[StorageSpec]:
             fstype=s.fstype,
             options=list(s.options),
             mount_point=s.mount_point,
-            fs_group=s.fs_group.group_id if s.HasField("fs_group") else None,
+            fs_group=FsGroup(
+                gid=s.fs_group.group_id,
+                on_root_mismatch=s.fs_group.group_change_policy == types_pb2.OnRootMismatch,
+            )
+            if s.HasField("fs_group")
+            else None,
         )
         for s in storages
     ]

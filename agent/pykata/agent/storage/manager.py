@@ -12,14 +12,23 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pykata.agent import log
 from pykata.agent.mount import mount_points, umount_all
+from pykata.agent.storage.options import apply_fs_group
 from pykata.agent.validation import CONTAINER_BASE, validate_under
 from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, TtrpcError
 
 logger = log.get("storage")
+
+
+@dataclass(frozen=True)
+class FsGroup:
+    """A pod's fsGroup: the storage's content is made group-owned (and group-writable)."""
+
+    gid: int
+    on_root_mismatch: bool = False  # Kata's OnRootMismatch: skip if the root already fits
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class StorageSpec:
     fstype: str = ""
     options: list[str] = field(default_factory=list)
     mount_point: str = ""
-    fs_group: int | None = None  # gid for fsGroup ownership; not applied yet
+    fs_group: FsGroup | None = None
 
 
 @dataclass
@@ -183,17 +192,17 @@ class StorageManager:
 
     @staticmethod
     def _attach(driver: Driver, spec: StorageSpec, mount_point: str, cid: str | None) -> Attached:
-        normal = StorageSpec(
-            driver=spec.driver,
-            driver_options=list(spec.driver_options),
-            source=spec.source,
-            fstype=spec.fstype,
-            options=list(spec.options),
-            mount_point=mount_point,
-            fs_group=spec.fs_group,
-        )
         try:
-            return driver(normal, cid)
+            attached = driver(replace(spec, mount_point=mount_point), cid)
+            if spec.fs_group is not None:
+                with undone_on_error(attached):
+                    apply_fs_group(
+                        mount_point,
+                        spec.fs_group.gid,
+                        read_only="ro" in spec.options,
+                        on_root_mismatch=spec.fs_group.on_root_mismatch,
+                    )
+            return attached
         except TtrpcError:
             raise
         except OSError as exc:

@@ -1,4 +1,4 @@
-"""Kata's ``key=value`` storage options and the fsGroup ownership they ask for."""
+"""Kata's ``key=value`` storage options, and group ownership (``fsgid=``, a pod's fsGroup)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import os
 import stat
 
 FSGID = "fsgid"
+# What Kata grants the group on fsGroup storages: read(-write), plus search on directories.
+RW_MASK = 0o660
+RO_MASK = 0o440
+EXEC_MASK = 0o110
 
 
 def option_map(options: list[str]) -> dict[str, str]:
@@ -30,3 +34,25 @@ def set_fsgid(path: str, gid: int) -> None:
     os.chown(path, -1, gid)
     mode = stat.S_IMODE(os.stat(path).st_mode)
     os.chmod(path, mode | stat.S_ISGID)
+
+
+def apply_fs_group(root: str, gid: int, *, read_only: bool, on_root_mismatch: bool) -> None:
+    """Give group ``gid`` the whole tree below ``root`` (symlinks are not followed)."""
+    mask = RO_MASK if read_only else RW_MASK
+    st = os.lstat(root)
+    if on_root_mismatch and st.st_gid == gid and st.st_mode & mask == mask:
+        return
+    _group_own(root, gid, mask)
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            _group_own(os.path.join(directory, name), gid, mask)
+
+
+def _group_own(path: str, gid: int, mask: int) -> None:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        os.lchown(path, -1, gid)
+        return
+    os.chown(path, -1, gid)
+    extra = EXEC_MASK | stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0
+    os.chmod(path, stat.S_IMODE(st.st_mode) | mask | extra)
