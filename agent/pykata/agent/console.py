@@ -24,6 +24,7 @@ logger = log.get("debug-console")
 SHELL = "/bin/sh"
 CONSOLE = "/dev/console"
 RESPAWN_DELAY = 1.0
+DRAIN_TIMEOUT = 1.0
 
 
 def _take_tty() -> None:
@@ -85,15 +86,19 @@ async def pty_session(reaper: Reaper, conn: socket.socket) -> None:
         done, _ = await asyncio.wait(
             {shell, to_shell, from_shell}, return_when=asyncio.FIRST_COMPLETED
         )
+        if shell in done:
+            # What the shell printed last may still sit in the pty: relay it (EIO ends it).
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(asyncio.shield(from_shell), DRAIN_TIMEOUT)
+        for task in (to_shell, from_shell):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await task
         if shell not in done:
             # The client went away: hang up the terminal, the shell gets SIGHUP.
             os.close(master)
             master = -1
             await shell
-        for task in (to_shell, from_shell):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
     finally:
         for fd in (master, slave):
             if fd >= 0:
