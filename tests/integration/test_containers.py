@@ -294,6 +294,27 @@ async def test_init_sigterm_without_handler_is_a_kill(
     await remove(agent, cid)
 
 
+async def test_init_with_a_terminal(
+    sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
+) -> None:
+    cid = f"tty-init-{RUN}"
+    shared_rootfs(cid)
+    spec = container_spec(cid, ["sh", "-c", 'read x; echo "$x on $(tty)"; exit 2'])
+    spec.Process.Terminal = True
+    await agent.CreateContainer(
+        agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec), timeout=60
+    )
+    await agent.StartContainer(agent_pb2.StartContainerRequest(container_id=cid), timeout=60)
+    await agent.WriteStdin(
+        agent_pb2.WriteStreamRequest(container_id=cid, exec_id=cid, data=b"hi\n")
+    )
+    # The pty echoes the input, then the answer; CRLF line ends.
+    assert await read_all(agent, cid, cid) == b"hi\r\nhi on /dev/pts/0\r\n"
+    assert await wait(agent, cid, cid) == 2
+    await remove(agent, cid)
+    assert leftovers(cid) == []
+
+
 async def test_signal_all_kills_every_process(
     sandbox: set[str], agent: Any, shared_rootfs: Callable[[str], None]
 ) -> None:
