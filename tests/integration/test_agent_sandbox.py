@@ -290,6 +290,8 @@ async def test_small_guest_rpcs(agent: Any) -> None:
     with pytest.raises(InvalidArgument):
         await agent.SetGuestDateTime(agent_pb2.SetGuestDateTimeRequest(Sec=1, Usec=5_000_000))
     await agent.RemoveStaleVirtiofsShareMounts(agent_pb2.RemoveStaleVirtiofsShareMountsRequest())
+    # One CPU online is always true: nothing of the host's is changed.
+    await agent.OnlineCPUMem(agent_pb2.OnlineCPUMemRequest(nb_cpus=1, cpu_only=True))
 
 
 async def test_destroy_sandbox_cleans_everything_and_exits(

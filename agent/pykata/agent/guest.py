@@ -87,9 +87,29 @@ def _online_all(pattern: str, limit: int | None = None) -> int:
     return count
 
 
+def parse_cpu_list(text: str) -> set[int]:
+    """A kernel CPU list such as ``0-3,6``."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def online_cpu_count(sysfs: str = SYSFS_CPU) -> int:
+    with open(f"{sysfs}/online") as f:
+        return len(parse_cpu_list(f.read()))
+
+
 def online_cpus(wanted: int, sysfs: str = SYSFS_CPU) -> int:
-    """Online up to ``wanted`` offline CPUs (0: all of them); returns how many."""
-    return _online_all(f"{sysfs}/cpu[0-9]*/online", wanted or None)
+    """Online offline CPUs until ``wanted`` are online in total (as far as sysfs already
+    shows them); returns how many are online now."""
+    missing = wanted - online_cpu_count(sysfs)
+    if missing > 0:
+        _online_all(f"{sysfs}/cpu[0-9]*/online", missing)
+    return online_cpu_count(sysfs)
 
 
 def online_memory(sysfs: str = SYSFS_MEMORY) -> int:

@@ -20,13 +20,28 @@ def states(root: Path, prefix: str, count: int) -> list[str]:
     return [(root / f"{prefix}{i}" / "online").read_text().strip() for i in range(count)]
 
 
-def test_online_cpus_limited_and_all(tmp_path: Path) -> None:
+def test_online_cpus_up_to_a_total(tmp_path: Path) -> None:
     sysfs_tree(tmp_path, "cpu", ["1", "0", "0", "0"])
     (tmp_path / "cpufreq").mkdir()  # not a cpuN directory
-    assert guest.online_cpus(2, str(tmp_path)) == 2
+
+    # The kernel keeps the "online" list itself; emulate it from the per-CPU files.
+    def refresh() -> None:
+        up = [str(i) for i, state in enumerate(states(tmp_path, "cpu", 4)) if state == "1"]
+        (tmp_path / "online").write_text(",".join(up) + "\n")
+
+    refresh()
+    assert guest.online_cpus(1, str(tmp_path)) == 1  # already there: nothing to do
+    assert states(tmp_path, "cpu", 4) == ["1", "0", "0", "0"]
+    guest.online_cpus(3, str(tmp_path))
+    refresh()
     assert states(tmp_path, "cpu", 4) == ["1", "1", "1", "0"]
-    assert guest.online_cpus(0, str(tmp_path)) == 1
-    assert states(tmp_path, "cpu", 4) == ["1", "1", "1", "1"]
+    assert guest.online_cpu_count(str(tmp_path)) == 3
+
+
+def test_cpu_list() -> None:
+    assert guest.parse_cpu_list("0-3,6\n") == {0, 1, 2, 3, 6}
+    assert guest.parse_cpu_list("0") == {0}
+    assert guest.parse_cpu_list("\n") == set()
 
 
 def test_online_memory(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, NotFound
 logger = log.get("rpc")
 
 SHARED_DIR = copyfile.SHARED_DIR
+ONLINE_RETRIES = 100
+ONLINE_RETRY_DELAY = 0.05
 
 
 def _empty() -> empty_pb2.Empty:
@@ -78,9 +80,19 @@ class SandboxHandlers:
         return _empty()
 
     async def OnlineCPUMem(self, req: agent_pb2.OnlineCPUMemRequest) -> empty_pb2.Empty:
-        cpus = guest.online_cpus(req.nb_cpus)
-        memory = 0 if req.cpu_only else guest.online_memory()
-        logger.info("onlined resources", extra={"cpus": cpus, "memory_blocks": memory})
+        # As Kata: nb_cpus is the number of CPUs that must be online in the end; hotplugged
+        # CPUs show up in sysfs a little after the runtime asked, hence the retries.
+        if req.nb_cpus > 0:
+            for _ in range(ONLINE_RETRIES):
+                if guest.online_cpus(req.nb_cpus) >= req.nb_cpus:
+                    break
+                await asyncio.sleep(ONLINE_RETRY_DELAY)
+            else:
+                raise FailedPrecondition(
+                    f"only {guest.online_cpu_count()} of {req.nb_cpus} CPUs could be onlined"
+                )
+        if not req.cpu_only:
+            logger.info("onlined memory", extra={"memory_blocks": guest.online_memory()})
         return _empty()
 
     async def MemHotplugByProbe(self, req: agent_pb2.MemHotplugByProbeRequest) -> empty_pb2.Empty:
