@@ -224,3 +224,26 @@ async def test_guest_connection_to_unserved_port_is_refused(vm: VM) -> None:
 async def test_virtiofs_shared_folder(vm: VM) -> None:
     assert vm.shared_dir is not None
     assert (vm.shared_dir / "guest-was-here").read_text() == "written by the guest\n"
+
+
+def backend_log(vm: VM) -> str:
+    return (vm.workdir / "vsock.log").read_text()
+
+
+async def test_guest_device_reset_drops_connections_and_recovers(vm: VM) -> None:
+    """Last on purpose: the guest rebinds its virtio-vsock driver, so QEMU stops the rings
+    (GET_VRING_BASE) and sets the device up again (SET_MEM_TABLE, vrings, kicks)."""
+    starts = backend_log(vm).count("guest vsock up")
+    reader, writer = await hybrid_connect(vm, ECHO)
+    control, control_writer = await hybrid_connect(vm, 5006)
+    assert await control.readline() == b"OK\n"
+    control_writer.close()
+    assert await asyncio.wait_for(reader.read(), 60) == b"", "connection survived a reset"
+    writer.close()
+    await vm.wait_console("virtio-vsock device .* reset", within=60)
+    await vm.wait_port(ECHO, within=60)
+    assert backend_log(vm).count("guest vsock up") == starts + 1
+    reader, writer = await hybrid_connect(vm, ECHO)
+    writer.write(b"after the reset\n")
+    assert await reader.readline() == b"after the reset\n"
+    writer.close()

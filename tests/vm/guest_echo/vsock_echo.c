@@ -8,8 +8,12 @@
  *                like source does, replies "DONE\n" or "ERR <errno>\n"
  *   5004 discard reads until EOF, replies "<bytes>\n" (no per-byte work: for benchmarks)
  *   5005 zeros   reads "<bytes>\n", sends that many zero bytes, closes (for benchmarks)
+ *   5006 reset   replies "OK\n", closes, then unbinds and rebinds the virtio-vsock driver:
+ *                the device is reset and set up again, every connection is dropped
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -139,6 +143,40 @@ static void serve_zeros(int fd) {
     }
 }
 
+static void write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY);
+    if (fd < 0 || write(fd, text, strlen(text)) < 0)
+        perror(path);
+    if (fd >= 0)
+        close(fd);
+}
+
+static void serve_reset(int fd) {
+    static const char *driver = "/sys/bus/virtio/drivers/vmw_vsock_virtio_transport";
+    char device[256] = "";
+    DIR *dir = opendir(driver);
+    struct dirent *entry;
+    while (dir && (entry = readdir(dir)))
+        if (strncmp(entry->d_name, "virtio", 6) == 0)
+            snprintf(device, sizeof device, "%s", entry->d_name);
+    if (dir)
+        closedir(dir);
+    if (!device[0]) {
+        dprintf(fd, "ERR no device\n");
+        return;
+    }
+    dprintf(fd, "OK\n");
+    close(fd);
+    sleep(1); /* let this connection finish closing before its transport goes away */
+    char path[512];
+    snprintf(path, sizeof path, "%s/unbind", driver);
+    write_file(path, device);
+    snprintf(path, sizeof path, "%s/bind", driver);
+    write_file(path, device);
+    printf("vsock-echo: virtio-vsock device %s reset\n", device);
+    fflush(stdout);
+}
+
 static void serve_dial(int fd) {
     char line[64];
     unsigned int port;
@@ -193,6 +231,7 @@ int main(void) {
     listen_on(5003, serve_dial);
     listen_on(5004, serve_discard);
     listen_on(5005, serve_zeros);
-    printf("vsock-echo: listening on 5000-5005\n");
+    listen_on(5006, serve_reset);
+    printf("vsock-echo: listening on 5000-5006\n");
     return 0;
 }
