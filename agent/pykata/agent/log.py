@@ -168,7 +168,7 @@ def vsock_listener(port: int) -> socket.socket:
 
 
 def setup(level: int, *, log_vport: int = 0, stream: TextIO | None = None) -> logging.Logger:
-    """Configure the ``kata-agent`` logger tree (and ``ttrpc``) and return the root logger."""
+    """Configure the ``kata-agent`` logger tree (and ``ttrpc``, ``asyncio``); return its root."""
     logging.addLevelName(TRACE, "TRACE")
     console = stream or sys.stderr
     handler: logging.Handler
@@ -177,7 +177,8 @@ def setup(level: int, *, log_vport: int = 0, stream: TextIO | None = None) -> lo
     else:
         handler = StreamHandler(console)
     handler.setFormatter(JsonFormatter())
-    for name in (ROOT_LOGGER, "ttrpc"):
+    # asyncio reports errors in callbacks (never raised anywhere) on its own logger.
+    for name in (ROOT_LOGGER, "ttrpc", "asyncio"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

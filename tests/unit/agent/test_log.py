@@ -18,13 +18,22 @@ from pykata.agent.config import TRACE
 RFC3339_US = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 
+@pytest.fixture(autouse=True)
+def restore_loggers() -> Iterator[None]:
+    """log.setup() reconfigures process-wide loggers: give other tests the defaults back."""
+    yield
+    for name in ("kata-agent", "ttrpc", "asyncio", "kata-agent.sockettest"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+
 @pytest.fixture
-def stream() -> Iterator[io.StringIO]:
+def stream() -> io.StringIO:
     out = io.StringIO()
     log.setup(TRACE, stream=out)
-    yield out
-    for name in ("kata-agent", "ttrpc"):
-        logging.getLogger(name).handlers.clear()
+    return out
 
 
 def records(stream: io.StringIO) -> list[dict[str, object]]:
@@ -83,10 +92,10 @@ def test_exception_and_odd_values(stream: io.StringIO) -> None:
     assert record["level"] == "error"
 
 
-def test_ttrpc_logger_gets_the_same_format(stream: io.StringIO) -> None:
+def test_ttrpc_and_asyncio_loggers_get_the_same_format(stream: io.StringIO) -> None:
     logging.getLogger("ttrpc").warning("oops")
-    (record,) = records(stream)
-    assert record["subsystem"] == "ttrpc"
+    logging.getLogger("asyncio").error("Exception in callback")
+    assert [r["subsystem"] for r in records(stream)] == ["ttrpc", "asyncio"]
 
 
 def test_socket_handler_streams_earlier_and_later_lines(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,4 +135,3 @@ def test_socket_handler_streams_earlier_and_later_lines(monkeypatch: pytest.Monk
             data += chunk
     msgs = [json.loads(line)["msg"] for line in data.decode().splitlines()]
     assert msgs == ["before connect", "after connect"]
-    logger.handlers.clear()
