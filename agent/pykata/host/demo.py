@@ -92,24 +92,27 @@ async def run_process(session: Session, exec_id: str, terminal: bool) -> int:
 
 async def drive(vm: VM, rootfs: Path, stages: Stages) -> None:
     target = Target(address=vm.agent_address, name=NAME, shared_dir=vm.shared_dir, virtio_fs=True)
-    with stages.stage(f"boot ({vm.accel}) until Health.Check answers on {vm.agent_address}"):
+    with stages.stage(f"boot ({vm.accel}) to the first Health.Check"):
         async with open_session(vm.agent_address, BOOT_TIMEOUT) as probe:
             check = await probe.client.call(
                 "grpc.Health", "Check", health_pb2.CheckRequest(),
                 health_pb2.HealthCheckResponse, timeout=BOOT_TIMEOUT,
             )  # fmt: skip
-            print(f"    agent: {health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)}")
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(check.status)
+            print(f"    {status} over {vm.agent_address}")
     async with open_session(vm.agent_address, CALL_TIMEOUT) as session:
-        with stages.stage("CreateSandbox (kataShared virtio-fs mounted by the agent)"):
+        with stages.stage("CreateSandbox"):
             await session.agent_empty(
                 "CreateSandbox",
                 agent_pb2.CreateSandboxRequest(
                     hostname=HOSTNAME, sandbox_id=NAME, storages=[SHARED_STORAGE]
                 ),
             )
-        with stages.stage("CreateContainer + StartContainer on the busybox folder"):
+            print(f"    virtio-fs kataShared mounted at {SHARED_STORAGE.mount_point}")
+        with stages.stage("run a busybox container"):
             root, mount = share_rootfs(target, CONTAINER, rootfs)
-            print(f"    host {rootfs} -> {mount} -> guest {root}")
+            print(f"    root: host {rootfs} -> {mount} -> guest {root}")
+            print(f"    $ sh -c '{INIT}'")
             spec = build_spec(ProcessOptions(args=["sh", "-c", INIT]), root, HOSTNAME)
             await session.agent_empty(
                 "CreateContainer",
@@ -120,15 +123,14 @@ async def drive(vm: VM, rootfs: Path, stages: Stages) -> None:
             await session.agent_empty(
                 "StartContainer", agent_pb2.StartContainerRequest(container_id=CONTAINER)
             )
-            init_out = Indented()
-            await read_line(session, init_out)
-        with stages.stage(f"exec without a terminal: {EXEC_PLAIN[-1]}"):
+            await read_line(session, Indented())
+        with stages.stage("exec without a terminal"):
             code = await exec_process(session, EXEC_PLAIN, terminal=False)
             print(f"    exit code {code}")
-        with stages.stage(f"exec with a terminal: {EXEC_TTY[-1]}"):
+        with stages.stage("exec with a terminal"):
             code = await exec_process(session, EXEC_TTY, terminal=True)
             print(f"    exit code {code}")
-        with stages.stage("stdin to the container, then its exit"):
+        with stages.stage("stdin to the container, its exit"):
             await session.agent(
                 "WriteStdin",
                 agent_pb2.WriteStreamRequest(
@@ -142,7 +144,7 @@ async def drive(vm: VM, rootfs: Path, stages: Stages) -> None:
                 "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=CONTAINER)
             )
             unshare_rootfs(mount)
-        with stages.stage("DestroySandbox: the agent powers the guest off"):
+        with stages.stage("DestroySandbox (the guest powers off)"):
             await session.agent_empty("DestroySandbox", agent_pb2.DestroySandboxRequest())
             qemu = vm.procs["qemu"]
             await asyncio.to_thread(qemu.wait, POWER_OFF_TIMEOUT)
@@ -151,6 +153,7 @@ async def drive(vm: VM, rootfs: Path, stages: Stages) -> None:
 
 async def exec_process(session: Session, args: list[str], terminal: bool) -> int:
     exec_id = f"exec-{'tty' if terminal else 'plain'}"
+    print(f"    $ {args[0]} {args[1]} '{args[2]}'")
     # A fixed size, since our own stdout need not be a terminal.
     options = ProcessOptions(args=args, terminal=terminal, rows=24, columns=80)
     await session.agent_empty(
@@ -163,12 +166,13 @@ async def exec_process(session: Session, args: list[str], terminal: bool) -> int
 
 
 async def demo(stages: Stages, work: Path) -> None:
-    stages.log("guest image")
+    print("guest image (kata-image setup + build, cached):")
     build.setup(None, stages)
     guest = build.build(build.Options(flavour="initrd"), stages)
-    with stages.stage("busybox rootfs from Debian's busybox-static"):
+    with stages.stage("busybox rootfs"):
         rootfs = make_busybox_rootfs(work / "rootfs")
     shared = default_shared_dir(NAME)
+    release_shared(shared)  # what an interrupted earlier run may have left
     make_shared_mount(shared)
     try:
         async with VM(
@@ -182,11 +186,18 @@ async def demo(stages: Stages, work: Path) -> None:
                 print("\n".join(lines[-30:]), file=sys.stderr)
                 raise
     finally:
-        remove_shared_mount(shared)
-        # rmdir, never a recursive delete: a mount left below would take the host folder along.
-        for folder in (shared / CONTAINER, shared, shared.parent):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        release_shared(shared)
+
+
+def release_shared(shared: Path) -> None:
+    remove_shared_mount(shared)
+    leftover = shared / CONTAINER / "rootfs"
+    if leftover.exists():
+        unshare_rootfs(leftover)
+    # rmdir, never a recursive delete: a mount left below would take the host folder along.
+    for folder in (shared, shared.parent):
+        with contextlib.suppress(FileNotFoundError):
+            folder.rmdir()
 
 
 def main() -> int:
