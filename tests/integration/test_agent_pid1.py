@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,16 @@ def test_init_mounts_and_loopback(init_pid: int, cgroup_layout: str) -> None:
     assert os.readlink(f"/proc/{init_pid}/root/dev/ptmx") == "pts/ptmx"
     flags = int(read(f"/proc/{init_pid}/root/sys/class/net/lo/flags"), 16)
     assert flags & 0x1  # IFF_UP in the agent's own network namespace
+
+
+def test_sigint_does_not_stop_init(init_pid: int, agent_log: Path) -> None:
+    os.kill(init_pid, signal.SIGINT)
+    for _ in range(100):
+        if "SIGINT ignored" in agent_log.read_text():
+            break
+        time.sleep(0.05)
+    assert "SIGINT ignored" in agent_log.read_text()
+    assert alive(init_pid)
 
 
 def test_announce_says_init(agent_log: Path, init_pid: int) -> None:

@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import glob
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -243,9 +244,16 @@ def set_child_subreaper() -> None:
         logger.error("PR_SET_CHILD_SUBREAPER failed", extra={"error": os.strerror(err)})
 
 
+def _ignore_sigint(signum: int, frame: object) -> None:
+    logger.warning("SIGINT ignored: the agent is init")
+
+
 def init(cgroup_v2: bool) -> subprocess.Popen[bytes] | None:
     """PID 1 set-up; each step logs its own failure and the next one still runs. Returns the
     module loading still in progress (see wait_modules)."""
+    # The kernel keeps default-action signals away from init, but Python handles SIGINT
+    # itself (KeyboardInterrupt). A handler, unlike SIG_IGN, is not inherited over exec.
+    signal.signal(signal.SIGINT, _ignore_sigint)
     mount_base()
     mount_cgroups(cgroup_v2)
     with contextlib.suppress(PermissionError):
