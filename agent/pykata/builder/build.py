@@ -102,8 +102,9 @@ def input_hash(options: Options, kern: kernel.Kernel, tool: mkosi.Mkosi, wheel_d
     _hash_files(digest, checkout, list(layout.SYSTEMD_UNITS.rglob("*")))
     _hash_files(digest, checkout, [layout.DEBIAN_MODULES])
     package = Path(pykata.__file__).parent
+    # The guest's Python code, and this builder's, which decides what goes where.
     guest = [package / "__init__.py"]
-    for name in wheels.GUEST_PACKAGES:
+    for name in (*wheels.GUEST_PACKAGES, "builder"):
         guest += list((package / name).rglob("*.py"))
     _hash_files(digest, package.parent, guest)
     return digest.hexdigest()
@@ -179,7 +180,7 @@ def build(options: Options, stages: Stages) -> Result:
     cache = layout.cache_root()
     output = options.output
     work = cache / "work" / options.flavour
-    with stages.stage("mkosi lookup"):
+    with stages.stage("prepare"):
         tool = mkosi.locate(cache / "mkosi")
         missing_tools = mkosi.missing_host_packages()
         if missing_tools:

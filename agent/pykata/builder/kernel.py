@@ -221,7 +221,8 @@ def merge_fragments(source: Path, out: Path, fragments: list[Path], stages: Stag
 def build_kernel(apt: PrivateApt, cache: Path, fragments: list[Path], stages: Stages) -> Kernel:
     """Build bzImage from linux-source with our fragments; reused while the source version
     and the fragments are unchanged (ccache speeds up rebuilds when installed)."""
-    source, package_version = kernel_source(apt, cache / "source", stages)
+    with stages.stage("kernel source"):
+        source, package_version = kernel_source(apt, cache / "source", stages)
     out = cache / "build"
     image = out / "arch/x86/boot/bzImage"
     digest = hashlib.sha256(package_version.encode())
