@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import os
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -312,3 +314,28 @@ async def test_bad_vring_size_ends_the_session(rig: Rig) -> None:
 async def test_unknown_request_ends_the_session(rig: Rig) -> None:
     rig.driver.sock.sendmsg([vu.encode(99, b"")])
     assert await asyncio.get_running_loop().sock_recv(rig.driver.sock, 16) == b""
+
+
+async def test_new_kick_fd_for_a_running_ring_is_watched(rig: Rig) -> None:
+    d = rig.driver
+    old = d.kick[1]
+    d.kick[1] = os.eventfd(0, os.EFD_NONBLOCK)
+    os.close(old)
+    ack = await d.request(vu.Request.SET_VRING_KICK, vu.U64.pack(1), (d.kick[1],), reply=True)
+    assert ack == vu.U64.pack(0)
+    d.send(d.packet(Op.RW, 40004, 5556), b"kicked through the new fd")
+    ((hdr, _),) = await d.wait_packets()
+    assert hdr.op == Op.RST  # processed (and refused: no such connection)
+
+
+async def test_rings_outside_guest_memory_end_the_session(rig: Rig) -> None:
+    d = rig.driver
+    await d.request(vu.Request.GET_VRING_BASE, vu.VRING_STATE.pack(0, 0))
+    far = vu.VRING_ADDR.pack(0, 0, 1 << 60, 1 << 60, 1 << 60, 0)
+    await d.request(vu.Request.SET_VRING_ADDR, far)
+    d.sock.sendmsg(
+        [vu.encode(vu.Request.SET_VRING_KICK, vu.U64.pack(0))],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [d.kick[0]]))],
+    )
+    assert await asyncio.get_running_loop().sock_recv(d.sock, 16) == b""
+    assert rig.listener.session is None and not rig.muxer.guest_up

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from pykata.host.vsock.virtqueue import GuestMemory, MemoryRegion, RingAddresses, Virtqueue
+from pykata.host.vsock.virtqueue import (
+    GuestMemory,
+    GuestMemoryError,
+    MemoryRegion,
+    RingAddresses,
+    Virtqueue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +300,10 @@ class Session:
             raise ProtocolError("polling vrings (no kick fd) are not supported")
         q.kick_fd = self._take_fd(msg)
         os.set_blocking(q.kick_fd, False)
-        self._maybe_start()
+        if self._running:  # a new kick fd for a running ring: just watch it
+            self._watch_fd(q.kick_fd, self._kick_handler(q))
+        else:
+            self._maybe_start()
 
     def _maybe_start(self) -> None:
         """Start the device once every ring has a kick fd, then watch the kicks."""
@@ -381,8 +390,8 @@ class Listener:
                 self._drop_session("front-end hung up")
                 return
             session.handle(msg)
-        except (OSError, ProtocolError) as exc:
-            self._drop_session(f"protocol error: {exc}")
+        except (OSError, ValueError, ProtocolError, GuestMemoryError) as exc:
+            self._drop_session(f"{type(exc).__name__}: {exc}")
 
     def _drop_session(self, why: str) -> None:
         session, self.session = self.session, None
