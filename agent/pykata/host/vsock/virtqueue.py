@@ -11,6 +11,7 @@ import logging
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ DESC_F_NEXT = 1
 DESC_F_WRITE = 2
 DESC_F_INDIRECT = 4
 AVAIL_F_NO_INTERRUPT = 1
+_FENCE = threading.Lock()
 
 
 class GuestMemoryError(Exception):
@@ -200,6 +202,11 @@ class Virtqueue:
         if not self._pending_notify or self._avail is None:
             return
         self._pending_notify = False
+        # The used index must be visible before we read the guest's flag, or both sides can
+        # miss each other's update (x86 lets a load pass an earlier store): a lock round
+        # trip is a locked instruction, i.e. a full barrier.
+        with _FENCE:
+            pass
         suppressed = U16.unpack_from(self._avail, 0)[0] & AVAIL_F_NO_INTERRUPT
         if self.call_fd is not None and not suppressed:
             os.eventfd_write(self.call_fd, 1)
