@@ -339,3 +339,21 @@ async def test_rings_outside_guest_memory_end_the_session(rig: Rig) -> None:
     )
     assert await asyncio.get_running_loop().sock_recv(d.sock, 16) == b""
     assert rig.listener.session is None and not rig.muxer.guest_up
+
+
+async def test_host_greeting_sent_at_accept_reaches_the_guest(rig: Rig) -> None:
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello first")
+        writer.write_eof()
+
+    server = await asyncio.start_unix_server(greet, f"{rig.uds}_1027")
+    d = rig.driver
+    d.send(d.packet(Op.REQUEST, 40005, 1027))
+    packets = await d.wait_packets(3)
+    assert [(h.op, p) for h, p in packets] == [
+        (Op.RESPONSE, b""),
+        (Op.RW, b"hello first"),
+        (Op.SHUTDOWN, b""),
+    ]
+    assert packets[2][0].flags == SHUTDOWN_SEND
+    server.close()

@@ -410,6 +410,7 @@ class VsockMuxer:
         self.streams[conn.key] = stream
         conn.state = State.ESTABLISHED
         self._send_control(conn, Op.RESPONSE)
+        self._after_drain(conn)  # the host side may have written (or closed) already
         self._flush_rx()
 
     def _guest_shutdown(self, conn: Connection, stream: HostStream | None, flags: int) -> None:
