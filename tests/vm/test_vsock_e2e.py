@@ -7,12 +7,14 @@ Guest services (see vsock_echo.c): 5000 echo, 5001 sink (replies "<bytes> <crc32
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import shutil
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -30,6 +32,22 @@ pytestmark = [
 ECHO, SINK, SOURCE, DIAL = 5000, 5001, 5002, 5003
 MB = 1 << 20
 CHUNK = MB
+
+AsyncTest = Callable[..., Awaitable[None]]
+
+
+def deadline(seconds: float) -> Callable[[AsyncTest], AsyncTest]:
+    """Fail a test that hangs (a lost packet or wakeup) instead of stalling the run."""
+
+    def wrap(test: AsyncTest) -> AsyncTest:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            async with asyncio.timeout(seconds):
+                await test(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 class Refused(Exception):
@@ -84,6 +102,7 @@ def assert_cleaned_up(pids: list[int], workdir: Path) -> None:
     assert not list(workdir.glob("*.sock*")), "sockets left behind"
 
 
+@deadline(180)
 async def test_connect_handshake_and_echo(vm: VM) -> None:
     reader, writer = await hybrid_connect(vm, ECHO)
     writer.write(b"hello over hybrid vsock\n")
@@ -91,6 +110,7 @@ async def test_connect_handshake_and_echo(vm: VM) -> None:
     writer.close()
 
 
+@deadline(180)
 async def test_handshake_with_data_in_the_same_write(vm: VM) -> None:
     reader, writer = await asyncio.open_unix_connection(str(vm.hybrid_socket))
     writer.write(b"CONNECT 5000\nsame segment\n")
@@ -99,11 +119,13 @@ async def test_handshake_with_data_in_the_same_write(vm: VM) -> None:
     writer.close()
 
 
+@deadline(180)
 async def test_closed_port_is_refused(vm: VM) -> None:
     with pytest.raises(Refused):
         await hybrid_connect(vm, 4444)
 
 
+@deadline(180)
 async def test_bad_handshake_is_closed(vm: VM) -> None:
     reader, writer = await asyncio.open_unix_connection(str(vm.hybrid_socket))
     writer.write(b"HELLO 5000\n")
@@ -137,6 +159,7 @@ def check_source(data: bytes, size: int) -> None:
     assert zlib.crc32(data[:-4]) == int.from_bytes(data[-4:], "little")
 
 
+@deadline(180)
 async def test_100mb_host_to_guest(vm: VM) -> None:
     chunks = random_chunks(1, 100 * MB)
     crc = 0
@@ -145,10 +168,12 @@ async def test_100mb_host_to_guest(vm: VM) -> None:
     assert await sink(vm, chunks) == (100 * MB, crc)
 
 
+@deadline(180)
 async def test_100mb_guest_to_host(vm: VM) -> None:
     check_source(await source(vm, 100 * MB), 100 * MB)
 
 
+@deadline(180)
 async def test_64_parallel_connections(vm: VM) -> None:
     async def one(i: int) -> None:
         payload = b"".join(random_chunks(100 + i, 256 << 10))
@@ -168,6 +193,7 @@ async def test_64_parallel_connections(vm: VM) -> None:
     await asyncio.gather(*(one(i) for i in range(64)))
 
 
+@deadline(180)
 async def test_abrupt_disconnects_leave_the_backend_working(vm: VM) -> None:
     # Host -> guest: vanish in the middle of a large upload.
     _, writer = await hybrid_connect(vm, SINK)
@@ -190,6 +216,7 @@ async def test_abrupt_disconnects_leave_the_backend_working(vm: VM) -> None:
     assert await sink(vm, [payload]) == (len(payload), crc)
 
 
+@deadline(180)
 async def test_guest_initiated_connection(vm: VM) -> None:
     port, size = 9000, 8 * MB
     received = asyncio.get_running_loop().create_future()
@@ -213,6 +240,7 @@ async def test_guest_initiated_connection(vm: VM) -> None:
         os.unlink(f"{vm.hybrid_socket}_{port}")
 
 
+@deadline(180)
 async def test_guest_connection_to_unserved_port_is_refused(vm: VM) -> None:
     reader, writer = await hybrid_connect(vm, DIAL)
     writer.write(b"9001 10\n")
@@ -221,6 +249,7 @@ async def test_guest_connection_to_unserved_port_is_refused(vm: VM) -> None:
     writer.close()
 
 
+@deadline(180)
 async def test_virtiofs_shared_folder(vm: VM) -> None:
     assert vm.shared_dir is not None
     assert (vm.shared_dir / "guest-was-here").read_text() == "written by the guest\n"
@@ -230,6 +259,7 @@ def backend_log(vm: VM) -> str:
     return (vm.workdir / "vsock.log").read_text()
 
 
+@deadline(180)
 async def test_guest_device_reset_drops_connections_and_recovers(vm: VM) -> None:
     """Last on purpose: the guest rebinds its virtio-vsock driver, so QEMU stops the rings
     (GET_VRING_BASE) and sets the device up again (SET_MEM_TABLE, vrings, kicks)."""

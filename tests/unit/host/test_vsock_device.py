@@ -15,7 +15,7 @@ import pytest
 from pykata.host.vsock import vhost_user as vu
 from pykata.host.vsock.muxer import BUF_ALLOC, FIRST_LOCAL_PORT, HostStream, VsockMuxer
 from pykata.host.vsock.packet import HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, Header, Op
-from vsock_guest import RX_DATA, GuestDriver
+from vsock_guest import RX_DATA, GuestDriver, deadline
 
 GUEST_CID = 7
 
@@ -70,10 +70,12 @@ async def rig() -> AsyncIterator[Rig]:
         r.driver.close()
 
 
+@deadline(20)
 async def test_config_space_carries_the_guest_cid(rig: Rig) -> None:
     assert rig.driver.cid == GUEST_CID
 
 
+@deadline(20)
 async def test_features_offered(rig: Rig) -> None:
     features = vu.U64.unpack(await rig.driver.request(vu.Request.GET_FEATURES))[0]
     assert features == vu.F_VERSION_1 | vu.F_PROTOCOL_FEATURES
@@ -81,6 +83,7 @@ async def test_features_offered(rig: Rig) -> None:
     assert proto == vu.PROTOCOL_F_CONFIG | vu.PROTOCOL_F_REPLY_ACK
 
 
+@deadline(20)
 async def test_hybrid_handshake_and_both_directions(rig: Rig) -> None:
     reader, writer, req = await rig.connected()
     assert (req.src_cid, req.dst_cid, req.dst_port) == (HOST_CID, GUEST_CID, 5000)
@@ -97,6 +100,7 @@ async def test_hybrid_handshake_and_both_directions(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_refused_connection_closes_the_client(rig: Rig) -> None:
     reader, writer = await rig.client(6000)
     ((req, _),) = await rig.driver.wait_packets()
@@ -106,6 +110,7 @@ async def test_refused_connection_closes_the_client(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_bad_handshakes_are_closed(rig: Rig) -> None:
     for line in (b"CONNECT\n", b"CONNECT x\n", b"LISTEN 5\n", b"CONNECT 99999999999\n", b"A" * 80):
         reader, writer = await asyncio.open_unix_connection(str(rig.uds))
@@ -115,6 +120,7 @@ async def test_bad_handshakes_are_closed(rig: Rig) -> None:
     assert not rig.muxer.conns
 
 
+@deadline(20)
 async def test_host_to_guest_respects_guest_credit(rig: Rig) -> None:
     _, writer, req = await rig.connected(buf_alloc=8192)
     writer.write(b"x" * 20000)
@@ -133,6 +139,7 @@ async def test_host_to_guest_respects_guest_credit(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_consumed_bytes_are_credited_back_to_the_guest(rig: Rig) -> None:
     reader, writer, req = await rig.connected(buf_alloc=64 << 10)
     d = rig.driver
@@ -146,6 +153,7 @@ async def test_consumed_bytes_are_credited_back_to_the_guest(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_credit_request_is_answered(rig: Rig) -> None:
     _, writer, req = await rig.connected()
     rig.driver.send(rig.driver.packet(Op.CREDIT_REQUEST, 5000, req.src_port))
@@ -154,6 +162,7 @@ async def test_credit_request_is_answered(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_client_close_delivers_its_data_then_the_guest_sees_eof(rig: Rig) -> None:
     # A closed unix socket reads as EOF, like a half-close: the guest learns SHUTDOWN(SEND)
     # after the last byte, closes its socket (SHUTDOWN both) and gets the RST it waits for.
@@ -170,6 +179,7 @@ async def test_client_close_delivers_its_data_then_the_guest_sees_eof(rig: Rig) 
     assert not rig.muxer.conns
 
 
+@deadline(20)
 async def test_guest_data_to_a_vanished_client_resets_the_connection(rig: Rig) -> None:
     _, writer, req = await rig.connected()
     writer.transport.abort()
@@ -185,6 +195,7 @@ async def test_guest_data_to_a_vanished_client_resets_the_connection(rig: Rig) -
     assert not rig.muxer.conns
 
 
+@deadline(20)
 async def test_client_half_close_sends_shutdown_send(rig: Rig) -> None:
     reader, writer, req = await rig.connected()
     writer.write_eof()
@@ -195,6 +206,7 @@ async def test_client_half_close_sends_shutdown_send(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_guest_close_ends_the_client_and_gets_rst(rig: Rig) -> None:
     reader, writer, req = await rig.connected()
     d = rig.driver
@@ -207,6 +219,7 @@ async def test_guest_close_ends_the_client_and_gets_rst(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_guest_initiated_connection_reaches_uds_port_socket(rig: Rig) -> None:
     accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
 
@@ -228,6 +241,7 @@ async def test_guest_initiated_connection_reaches_uds_port_socket(rig: Rig) -> N
     server.close()
 
 
+@deadline(20)
 async def test_guest_connection_to_unserved_port_gets_rst(rig: Rig) -> None:
     d = rig.driver
     d.send(d.packet(Op.REQUEST, 40001, 1026))
@@ -236,6 +250,7 @@ async def test_guest_connection_to_unserved_port_gets_rst(rig: Rig) -> None:
     assert not rig.muxer.conns
 
 
+@deadline(20)
 async def test_packets_for_unknown_connections_get_rst(rig: Rig) -> None:
     d = rig.driver
     d.send(d.packet(Op.RW, 40002, 5555), b"who?")
@@ -243,6 +258,7 @@ async def test_packets_for_unknown_connections_get_rst(rig: Rig) -> None:
     assert (hdr.op, hdr.src_port, hdr.dst_port) == (Op.RST, 5555, 40002)
 
 
+@deadline(20)
 async def test_packets_from_a_wrong_cid_are_dropped(rig: Rig) -> None:
     d = rig.driver
     pkt = d.packet(Op.REQUEST, 40003, 1025)
@@ -252,6 +268,7 @@ async def test_packets_from_a_wrong_cid_are_dropped(rig: Rig) -> None:
     assert d.receive() == [] and not rig.muxer.conns
 
 
+@deadline(20)
 async def test_ring_stop_resets_connections_and_restart_works(rig: Rig) -> None:
     reader, writer, _ = await rig.connected()
     d = rig.driver
@@ -274,6 +291,7 @@ async def test_ring_stop_resets_connections_and_restart_works(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_new_memory_table_resets_connections(rig: Rig) -> None:
     reader, writer, _ = await rig.connected()
     await rig.driver.set_mem_table()
@@ -282,6 +300,7 @@ async def test_new_memory_table_resets_connections(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_frontend_reconnect_starts_afresh(rig: Rig) -> None:
     reader, writer, _ = await rig.connected()
     rig.driver.close()
@@ -295,6 +314,7 @@ async def test_frontend_reconnect_starts_afresh(rig: Rig) -> None:
     writer.close()
 
 
+@deadline(20)
 async def test_connect_without_a_guest_is_closed(rig: Rig) -> None:
     rig.driver.close()
     await asyncio.sleep(0.02)
@@ -304,6 +324,7 @@ async def test_connect_without_a_guest_is_closed(rig: Rig) -> None:
     await rig.reconnect_frontend()
 
 
+@deadline(20)
 async def test_bad_vring_size_ends_the_session(rig: Rig) -> None:
     d = rig.driver
     d.sock.sendmsg([vu.encode(vu.Request.SET_VRING_NUM, vu.VRING_STATE.pack(0, 100))])
@@ -311,11 +332,13 @@ async def test_bad_vring_size_ends_the_session(rig: Rig) -> None:
     assert rig.listener.session is None
 
 
+@deadline(20)
 async def test_unknown_request_ends_the_session(rig: Rig) -> None:
     rig.driver.sock.sendmsg([vu.encode(99, b"")])
     assert await asyncio.get_running_loop().sock_recv(rig.driver.sock, 16) == b""
 
 
+@deadline(20)
 async def test_new_kick_fd_for_a_running_ring_is_watched(rig: Rig) -> None:
     d = rig.driver
     old = d.kick[1]
@@ -328,6 +351,7 @@ async def test_new_kick_fd_for_a_running_ring_is_watched(rig: Rig) -> None:
     assert hdr.op == Op.RST  # processed (and refused: no such connection)
 
 
+@deadline(20)
 async def test_rings_outside_guest_memory_end_the_session(rig: Rig) -> None:
     d = rig.driver
     await d.request(vu.Request.GET_VRING_BASE, vu.VRING_STATE.pack(0, 0))
@@ -341,6 +365,7 @@ async def test_rings_outside_guest_memory_end_the_session(rig: Rig) -> None:
     assert rig.listener.session is None and not rig.muxer.guest_up
 
 
+@deadline(20)
 async def test_host_greeting_sent_at_accept_reaches_the_guest(rig: Rig) -> None:
     async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"hello first")

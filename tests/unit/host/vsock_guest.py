@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import array
 import asyncio
+import functools
 import mmap
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pykata.host.vsock import vhost_user as vu
 from pykata.host.vsock.packet import HEADER_SIZE, HOST_CID, TYPE_STREAM, Header, Op
 
+AsyncTest = Callable[..., Awaitable[None]]
 MEM_SIZE = 2 << 20
 TX_SLOT = 64 << 10  # the largest packet the test guest sends
 USER_BASE = 0x7F00_0000_0000  # where "QEMU" pretends to have mapped guest RAM
@@ -209,3 +213,17 @@ class GuestDriver:
         for fd in (self.memfd, *self.kick, *self.call):
             os.close(fd)
         self.sock.close()
+
+
+def deadline(seconds: float) -> Callable[[AsyncTest], AsyncTest]:
+    """Fail a test that hangs (a lost packet or wakeup) instead of stalling the run."""
+
+    def wrap(test: AsyncTest) -> AsyncTest:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            async with asyncio.timeout(seconds):
+                await test(*args, **kwargs)
+
+        return run
+
+    return wrap
