@@ -82,3 +82,7 @@ bench-image *args: setup
 # vsock: one stream through our vhost-user-vsock back-end (TCG test guest) vs a unix socket pair.
 bench-vsock *args: setup
     {{python}} tests/bench/bench_vsock.py {{args}}
+
+# End to end: TCG boot to the first Health.Check; `kata-agent-ctl run` of `true`, VM vs host agent.
+bench-e2e *args: setup
+    {{python}} tests/bench/bench_e2e.py {{args}}
