@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pykata.host.vsock import muxer as muxer_module
 from pykata.host.vsock import vhost_user as vu
 from pykata.host.vsock.muxer import BUF_ALLOC, FIRST_LOCAL_PORT, HostStream, VsockMuxer
 from pykata.host.vsock.packet import HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, Header, Op
@@ -382,3 +383,29 @@ async def test_host_greeting_sent_at_accept_reaches_the_guest(rig: Rig) -> None:
     ]
     assert packets[2][0].flags == SHUTDOWN_SEND
     server.close()
+
+
+@deadline(20)
+async def test_connect_to_a_silent_guest_times_out(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(muxer_module, "CONNECT_TIMEOUT", 0.2)
+    reader, writer = await rig.client(5000)
+    ((req, _),) = await rig.driver.wait_packets()
+    assert req.op == Op.REQUEST
+    assert await reader.read() == b""  # closed without OK
+    ((rst, _),) = await rig.driver.wait_packets()
+    assert (rst.op, rst.src_port) == (Op.RST, req.src_port)
+    assert not rig.muxer.conns
+    writer.close()
+
+
+@deadline(20)
+async def test_answered_connect_is_not_timed_out(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(muxer_module, "CONNECT_TIMEOUT", 0.2)
+    _, writer, _ = await rig.connected()
+    await asyncio.sleep(0.4)
+    writer.write(b"still here")
+    ((_, payload),) = await rig.driver.wait_packets()
+    assert payload == b"still here"
+    writer.close()

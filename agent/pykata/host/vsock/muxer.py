@@ -36,6 +36,7 @@ BUF_ALLOC = 1 << 20  # our receive buffer per connection, advertised to the gues
 PENDING_LIMIT = 256 << 10  # host bytes read ahead per connection before reading pauses
 MAX_CONNECT_LINE = 64
 CLOSE_TIMEOUT = 10.0  # how long a closed host side waits for the guest's RST
+CONNECT_TIMEOUT = 10.0  # how long a CONNECT waits for the guest's answer (a hung guest)
 FIRST_LOCAL_PORT = 1 << 30  # host ports handed to CONNECT clients (as Firecracker does)
 CID_CONFIG = struct.Struct("<Q")
 
@@ -244,6 +245,7 @@ class VsockMuxer:
         conn.queue(rest)
         stream.conn = conn
         self._add(conn, stream)
+        self._arm(conn, CONNECT_TIMEOUT)
         self._send_control(conn, Op.REQUEST)
         self._flush_rx()
 
@@ -278,8 +280,7 @@ class VsockMuxer:
             conn.state = State.CLOSING
             conn.shutdown_after_drain = SHUTDOWN_BOTH
             self._after_drain(conn)
-            loop = asyncio.get_running_loop()
-            self._timers[conn.key] = loop.call_later(CLOSE_TIMEOUT, self._close_timeout, conn)
+            self._arm(conn, CLOSE_TIMEOUT)
         self._flush_rx()
 
     def host_drained(self, conn: Connection) -> None:
@@ -288,9 +289,21 @@ class VsockMuxer:
             self._send_control(conn, Op.CREDIT_UPDATE)
             self._flush_rx()
 
-    def _close_timeout(self, conn: Connection) -> None:
+    def _arm(self, conn: Connection, seconds: float) -> None:
+        """Reset the connection unless the guest answers (RESPONSE or RST) in time."""
+        self._disarm(conn)
+        loop = asyncio.get_running_loop()
+        self._timers[conn.key] = loop.call_later(seconds, self._timed_out, conn)
+
+    def _disarm(self, conn: Connection) -> None:
+        timer = self._timers.pop(conn.key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _timed_out(self, conn: Connection) -> None:
         self._timers.pop(conn.key, None)
         if self.conns.get(conn.key) is conn:
+            log.info("guest port %d did not answer in time; resetting", conn.peer_port)
             self._send_control(conn, Op.RST)
             self._forget(conn.key)
             self._flush_rx()
@@ -311,10 +324,9 @@ class VsockMuxer:
             self.streams[conn.key] = stream
 
     def _forget(self, key: tuple[int, int]) -> None:
-        self.conns.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        conn = self.conns.pop(key, None)
+        if conn is not None:
+            self._disarm(conn)
         stream = self.streams.pop(key, None)
         if stream is not None:
             stream.close()
@@ -360,6 +372,7 @@ class VsockMuxer:
             stream.set_window(conn.window())
         if hdr.op == Op.RESPONSE:
             if conn.state is State.CONNECTING and stream is not None:
+                self._disarm(conn)
                 conn.state = State.ESTABLISHED
                 stream.write(f"OK {conn.local_port}\n".encode())
                 self._after_drain(conn)
