@@ -12,21 +12,26 @@ from pathlib import Path
 from pykata.builder.stages import Stages
 
 ALIGN = 1 << 20  # the partition starts at 1 MiB, like fdisk's default
-# ext4 metadata and a little free space for the agent's runtime files (/run is tmpfs).
-HEADROOM = 1.15
-SLACK = 32 << 20
+BLOCK = 4096
+# ext4 metadata (inode tables, bitmaps, directories) on top of the data blocks, plus a little
+# room: the root is mounted read-only and the agent writes to tmpfs.
+METADATA = 0.10
+SLACK = 16 << 20
 
 
-def tree_size(tree: Path) -> int:
+def tree_blocks(tree: Path) -> int:
+    """Bytes the tree's files and directories occupy in whole file system blocks."""
     total = 0
     for path in tree.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            total += path.stat().st_size
+        if path.is_symlink():
+            continue
+        size = BLOCK if path.is_dir() else path.stat().st_size
+        total += (size + BLOCK - 1) // BLOCK * BLOCK
     return total
 
 
 def make_disk(tree: Path, disk: Path, stages: Stages) -> None:
-    size = int(tree_size(tree) * HEADROOM) + SLACK
+    size = int(tree_blocks(tree) * (1 + METADATA)) + SLACK
     size = (size + ALIGN - 1) // ALIGN * ALIGN
     fs = disk.with_suffix(".ext4")
     fs.unlink(missing_ok=True)
