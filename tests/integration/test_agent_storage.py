@@ -6,14 +6,16 @@ These drive the StorageManager in-process, under a private directory of
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pykata.agent.mount import fstype_of, mount_points
+from pykata.agent.storage import bind
 from pykata.agent.storage.manager import StorageManager, StorageSpec
 from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument
 
@@ -85,6 +87,69 @@ async def test_overlay_and_bind(base: Path) -> None:
     await manager.remove_all()
     assert mounted(merged) is None and mounted(bound) is None
     assert (base / "src" / "cfg").exists()
+
+
+async def wait_for(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Until ``check()`` holds (the watcher polls; this only bounds the wait)."""
+    for _ in range(int(within / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{check} still false after {within}s")
+
+
+def content(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+async def test_watchable_bind_copies_and_follows_changes(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bind, "WATCH_INTERVAL", 0.05)
+    source, target = base / "configmap", base / "watchable" / "config"
+    (source / "sub").mkdir(parents=True)
+    (source / "key").write_text("v1")
+    (source / "sub" / "nested").write_text("n")
+    (source / "link").symlink_to("key")
+    manager = StorageManager()
+    spec = StorageSpec(driver="watchable-bind", source=str(source), mount_point=str(target))
+    await manager.add([spec])
+    assert mounted(target) == "tmpfs"
+    assert content(target / "key") == "v1" and content(target / "sub" / "nested") == "n"
+    assert os.readlink(target / "link") == "key"
+    (source / "key").write_text("v2 longer")
+    (source / "new").write_text("added")
+    (source / "sub" / "nested").unlink()
+    await wait_for(lambda: content(target / "key") == "v2 longer")
+    await wait_for(lambda: content(target / "new") == "added")
+    await wait_for(lambda: content(target / "sub" / "nested") is None)
+    await manager.remove([str(target)])
+    assert mounted(target) is None and not target.exists()
+
+
+async def test_watchable_bind_falls_back_to_a_bind_mount(base: Path) -> None:
+    source, target = base / "big", base / "watchable" / "big"
+    source.mkdir()
+    for index in range(bind.MAX_ENTRIES + 1):
+        (source / f"f{index}").write_text("x")
+    single = base / "single-file"
+    single.write_text("one")
+    manager = StorageManager()
+    await manager.add(
+        [
+            StorageSpec(driver="watchable-bind", source=str(source), mount_point=str(target)),
+            StorageSpec(
+                driver="watchable-bind", source=str(single), mount_point=str(base / "w" / "f")
+            ),
+        ]
+    )
+    assert mounted(target) != "tmpfs" and content(target / "f0") == "x"
+    assert content(base / "w" / "f") == "one"
+    await manager.remove_all()
+    assert mounted(target) is None
 
 
 async def test_overlay_rw_per_container(base: Path) -> None:

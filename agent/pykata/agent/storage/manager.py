@@ -50,6 +50,7 @@ class Attached:
     mounted: bool = False  # the agent mounted something on mount_point
     created: list[str] = field(default_factory=list)  # directories made, deepest first
     remove_tree: bool = False  # the directory's content is the storage itself (local)
+    stop: Callable[[], None] | None = None  # ends what keeps running for it (a watcher)
 
 
 Driver = Callable[[StorageSpec, "str | None"], Attached]
@@ -113,6 +114,8 @@ def undone_on_error(attached: Attached) -> Iterator[Attached]:
 def detach(attached: Attached) -> None:
     """Undo what a driver did: unmount, then remove what was created (never across mounts)."""
     path = attached.mount_point
+    if attached.stop is not None:
+        attached.stop()
     if attached.mounted:
         umount_all(path)
     if attached.remove_tree and os.path.isdir(path):
