@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
 PR_SET_PDEATHSIG = 1
 UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
+# Seconds each process gets to exit by itself before SIGTERM, in stop order: QEMU after
+# QMP quit, virtiofsd once QEMU hung up; the vsock back-end serves until told to stop.
+EXIT_GRACE = {"qemu": 5.0, "vsock": 0.0, "virtiofsd": 2.0}
 
 
 class VMError(Exception):
@@ -288,10 +291,10 @@ class VM:
             if qemu_proc.poll() is None:
                 with contextlib.suppress(OSError, TimeoutError, ValueError):
                     await qemu.qmp(qmp_socket, "quit")
-        for role in ("qemu", "vsock", "virtiofsd"):
+        for role, exits_alone in EXIT_GRACE.items():
             proc = self.procs.get(role)
             if proc is not None:
-                await _terminate(proc)
+                await _terminate(proc, exits_alone)
         self.procs.clear()
         for f in self._logs:
             f.close()
@@ -310,8 +313,8 @@ async def _wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:
     return True
 
 
-async def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if await _wait(proc, 2.0):
+async def _terminate(proc: subprocess.Popen[bytes], exits_alone: float) -> None:
+    if await _wait(proc, exits_alone):
         return
     proc.terminate()
     if not await _wait(proc, 5.0):
@@ -335,8 +338,9 @@ async def stop_detached(
         if process_alive(qemu_pid, workdir):
             with contextlib.suppress(OSError, TimeoutError, ValueError):
                 await qemu.qmp(qmp_socket, "quit")
-    for pid in (pids.get(role) for role in ("qemu", "vsock", "virtiofsd")):
-        if pid is None or not await _wait_pid(pid, workdir, 2.0):
+    for role, exits_alone in EXIT_GRACE.items():
+        pid = pids.get(role)
+        if pid is None or not await _wait_pid(pid, workdir, exits_alone):
             continue
         for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
