@@ -290,7 +290,8 @@ class VsockMuxer:
             self._flush_rx()
 
     def _arm(self, conn: Connection, seconds: float) -> None:
-        """Reset the connection unless the guest answers (RESPONSE or RST) in time."""
+        """Reset the connection unless the guest settles it in time (answers our REQUEST,
+        or sends the RST a closing connection waits for)."""
         self._disarm(conn)
         loop = asyncio.get_running_loop()
         self._timers[conn.key] = loop.call_later(seconds, self._timed_out, conn)
