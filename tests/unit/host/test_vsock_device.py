@@ -409,3 +409,18 @@ async def test_answered_connect_is_not_timed_out(rig: Rig, monkeypatch: pytest.M
     ((_, payload),) = await rig.driver.wait_packets()
     assert payload == b"still here"
     writer.close()
+
+
+@deadline(20)
+async def test_empty_and_truncated_guest_packets_do_not_stall_the_ring(rig: Rig) -> None:
+    reader, writer, req = await rig.connected()
+    d = rig.driver
+    d.send(d.packet(Op.RW, 5000, req.src_port))  # RW without payload
+    # A chain too short for a header: dropped, but returned to the guest.
+    ring = d.rings[1]
+    head = (2 * d.avail_idx[1]) % ring.num
+    d._offer(ring, head, [(d.tx_buffers[0], 10, False)])
+    d.send(d.packet(Op.RW, 5000, req.src_port), b"after the odd ones")
+    assert await reader.readexactly(18) == b"after the odd ones"
+    assert len(d.used(1)) == 4  # RESPONSE, empty RW, short chain, RW: all given back
+    writer.close()

@@ -39,6 +39,7 @@ CLOSE_TIMEOUT = 10.0  # how long a closed host side waits for the guest's RST
 CONNECT_TIMEOUT = 10.0  # how long a CONNECT waits for the guest's answer (a hung guest)
 FIRST_LOCAL_PORT = 1 << 30  # host ports handed to CONNECT clients (as Firecracker does)
 CID_CONFIG = struct.Struct("<Q")
+SHUTTING = (State.ESTABLISHED, State.CLOSING)  # states in which a SHUTDOWN may go out
 
 
 @dataclass(slots=True)
@@ -341,10 +342,14 @@ class VsockMuxer:
         while (chain := tx.pop(memory)) is not None:
             try:
                 header, payload = gather(chain)
+                self._on_packet(header, payload)
             except ValueError as exc:
                 log.warning("dropping malformed guest packet: %s", exc)
-            else:
-                self._on_packet(header, payload)
+            except GuestMemoryError:
+                raise
+            except Exception:
+                # A bug must cost one packet, not the ring: the chain still goes back.
+                log.exception("failed to handle a guest packet")
             tx.push(chain, 0)
         tx.notify()
 
@@ -383,7 +388,7 @@ class VsockMuxer:
         elif hdr.op == Op.RW:
             size = sum(len(b) for b in payload)
             conn.received(size)
-            if stream is not None and conn.state is State.ESTABLISHED:
+            if size and stream is not None and conn.state is State.ESTABLISHED:
                 stream.write(b"".join(payload) if len(payload) > 1 else bytes(payload[0]))
                 if conn.needs_credit_update(stream.buffered()):
                     self._send_control(conn, Op.CREDIT_UPDATE)
@@ -453,15 +458,7 @@ class VsockMuxer:
 
     def _after_drain(self, conn: Connection) -> None:
         """Queue the deferred SHUTDOWN once every pending byte went out."""
-        if (
-            conn.pending_bytes == 0
-            and conn.shutdown_after_drain
-            and conn.state
-            in (
-                State.ESTABLISHED,
-                State.CLOSING,
-            )
-        ):
+        if conn.pending_bytes == 0 and conn.shutdown_after_drain and conn.state in SHUTTING:
             self._send_control(conn, Op.SHUTDOWN, conn.shutdown_after_drain)
             conn.shutdown_after_drain = 0
         else:
