@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +24,10 @@ from pykata.host.ctl.logs import print_log
 from pykata.host.ctl.methods import METHODS
 from pykata.host.ctl.run import ProcessRequest, exec_process, run_container
 from pykata.host.ctl.session import open_session
+from pykata.host.ctl.share import make_shared_mount, remove_shared_mount
 from pykata.host.ctl.state import StateFile
 from pykata.host.ctl.target import Target, address_target, state_root, vm_target
+from pykata.host.vm import state as vm_state
 from pykata.ttrpc.addresses import parse_address
 from pykata.ttrpc.errors import TtrpcError
 
@@ -187,11 +190,30 @@ def dispatch(args: argparse.Namespace) -> int:
         print("\n".join(sorted(METHODS)))
         return ExitCode.OK
     if args.verb == "vm":
-        return int(args.vm_handler(args))
+        return run_vm_verb(args)
     target = vm_target(args.vm) if args.vm else address_target(args.server_address)
     if args.verb == "connect":
         return connect(target.address, args.timeout, args.commands, args.interactive)
     return asyncio.run(run_verb(args, target))
+
+
+def run_vm_verb(args: argparse.Namespace) -> int:
+    """`vm up|down|status`, with the shared folder's mount propagation around them: the VM
+    runner does not prepare it (yet), and without it `run` could not reach virtiofsd."""
+    shared: Path | None = None
+    with contextlib.suppress(FileNotFoundError, ValueError):  # the handler reports those
+        if args.vm_verb == "up":
+            vm_state.vm_dir(args.name)  # validates the name
+            shared = args.shared_dir or vm_state.default_shared_dir(args.name)
+            make_shared_mount(shared)
+        elif args.vm_verb == "down":
+            shared = Path(vm_state.load(args.name).shared_dir)
+    code = int(args.vm_handler(args))
+    failed_up = args.vm_verb == "up" and code != ExitCode.OK
+    stopped = args.vm_verb == "down" and code == ExitCode.OK
+    if shared is not None and (failed_up or stopped):
+        remove_shared_mount(shared)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

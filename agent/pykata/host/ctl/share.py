@@ -27,9 +27,11 @@ def share_rootfs(target: Target, container_id: str, rootfs: Path) -> tuple[str, 
             f"no shared folder is known for {target.address}: use a VM target or a unix:// agent"
         )
     if target.virtio_fs and not propagates(target.shared_dir):
+        folder = target.shared_dir
         raise UsageError(
-            f"{target.shared_dir} is not below a shared mount: virtiofsd would never see the "
-            "container's root (make_shared_mount must run before the VM starts)"
+            f"{folder} is not below a shared mount, so virtiofsd would never see the "
+            f"container's root: before the VM starts, `mount --bind {folder} {folder} && "
+            f"mount --make-shared {folder}` (share.make_shared_mount)"
         )
     folder = target.shared_dir / container_id
     target.shared_dir.mkdir(parents=True, exist_ok=True)
