@@ -1,0 +1,80 @@
+"""The README's flow with the real commands: `vm up`, `run --vm`, `exec`, `ps`, `logs`,
+`destroy`, `vm down` (one TCG boot of our initrd)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pykata.builder.build import Result
+from pykata.host.ctl.share import is_mount_point
+from pykata.host.rootfs import make_busybox_rootfs
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.root,
+    pytest.mark.skipif(
+        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
+    ),
+]
+
+TIMEOUT = 300
+CTL = [sys.executable, "-m", "pykata.host.ctl.main"]
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[Path]:
+    # Short: the VM's sockets live below it.
+    with tempfile.TemporaryDirectory(prefix="pykata-cli-") as tmp:
+        yield Path(tmp)
+
+
+def test_readme_flow(guest_artifacts: Result, runtime_dir: Path) -> None:
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir)}
+
+    def ctl(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CTL, *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=TIMEOUT,
+        )
+
+    rootfs = make_busybox_rootfs(runtime_dir / "rootfs")
+    files = ["--kernel", str(guest_artifacts.kernel), "--initrd", str(guest_artifacts.artifact)]
+    up = ctl("vm", "up", "readme", *files)
+    assert up.returncode == 0, up.stderr
+    shared = runtime_dir / "pykata/shared/sandboxes/readme/shared"
+    try:
+        assert is_mount_point(shared)
+        done = ctl("run", "--vm", "readme", str(rootfs), "--", "sh", "-c", "echo hi; exit 3")
+        assert (done.returncode, done.stdout) == (3, "hi\n"), done.stderr
+        keep = ["run", "--vm", "readme", "--id", "keep", str(rootfs), "--", "sleep", "1000"]
+        runner = subprocess.Popen([*CTL, *keep], env=env)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while "keep" not in ctl("ps", "--vm", "readme").stdout:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+            done = ctl("exec", "--vm", "readme", "keep", "--", "sh", "-c", "hostname; exit 4")
+            assert (done.returncode, done.stdout) == (4, "pykata\n"), done.stderr
+            assert ctl("stop", "--vm", "readme", "keep").returncode == 0
+            assert runner.wait(timeout=TIMEOUT) == 137
+        finally:
+            runner.kill()
+            runner.wait()
+        assert '"msg": "announce"' in ctl("logs", "--vm", "readme").stdout
+        assert ctl("destroy", "--vm", "readme").returncode == 0
+    finally:
+        down = ctl("vm", "down", "readme")
+    assert down.returncode == 0, down.stderr
+    assert not is_mount_point(shared)
+    assert not (runtime_dir / "pykata/vms/readme/vm.json").exists()
