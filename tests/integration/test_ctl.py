@@ -74,10 +74,14 @@ def shared_mounts(container_id: str) -> list[str]:
         return [line for line in mountinfo if path in line]
 
 
+def ps_running(ctl: Ctl) -> str:
+    return "\n".join(line for line in ctl("ps").stdout.splitlines() if " running " in line)
+
+
 def wait_listed(ctl: Ctl, container_id: str) -> None:
-    """Until `ps` shows the container (its `run` has created and started it)."""
+    """Until `ps` shows the container running (its `run` has created and started it)."""
     deadline = time.monotonic() + 60
-    while container_id not in ctl("ps").stdout:
+    while f"{container_id} " not in ps_running(ctl):
         assert time.monotonic() < deadline, f"{container_id} never showed up in ps"
         time.sleep(0.2)
 

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +52,8 @@ def test_readme_flow(guest_artifacts: Result, runtime_dir: Path) -> None:
 
     rootfs = make_busybox_rootfs(runtime_dir / "rootfs")
     files = ["--kernel", str(guest_artifacts.kernel), "--initrd", str(guest_artifacts.artifact)]
-    up = ctl("vm", "up", "readme", *files)
+    # Agent logs to vsock port 1025 (Kata's agent.log_vport), the kernel's on the console.
+    up = ctl("vm", "up", "readme", *files, "--append", "agent.log_vport=1025")
     assert up.returncode == 0, up.stderr
     shared = runtime_dir / "pykata/shared/sandboxes/readme/shared"
     try:
@@ -61,7 +64,10 @@ def test_readme_flow(guest_artifacts: Result, runtime_dir: Path) -> None:
         runner = subprocess.Popen([*CTL, *keep], env=env)
         try:
             deadline = time.monotonic() + TIMEOUT
-            while "keep" not in ctl("ps", "--vm", "readme").stdout:
+            while not any(
+                line.startswith("keep ") and " running " in line
+                for line in ctl("ps", "--vm", "readme").stdout.splitlines()
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
             done = ctl("exec", "--vm", "readme", "keep", "--", "sh", "-c", "hostname; exit 4")
@@ -71,7 +77,17 @@ def test_readme_flow(guest_artifacts: Result, runtime_dir: Path) -> None:
         finally:
             runner.kill()
             runner.wait()
-        assert '"msg": "announce"' in ctl("logs", "--vm", "readme").stdout
+        assert "Run /init as init process" in ctl("logs", "--vm", "readme").stdout
+        with subprocess.Popen(
+            [*CTL, "logs", "--vm", "readme", "--vsock-port", "1025"],
+            stdout=subprocess.PIPE,
+            env=env,
+        ) as logs:
+            assert logs.stdout is not None
+            first = json.loads(logs.stdout.readline())  # queued since boot: the announce
+            logs.send_signal(signal.SIGINT)
+            assert logs.wait(timeout=TIMEOUT) == 128 + signal.SIGINT
+        assert (first["name"], first["msg"]) == ("kata-agent", "announce")
         assert ctl("destroy", "--vm", "readme").returncode == 0
     finally:
         down = ctl("vm", "down", "readme")

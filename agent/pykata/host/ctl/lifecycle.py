@@ -34,7 +34,10 @@ def format_ps(state: TargetState) -> str:
     lines.append(header)
     for record in sorted(state.containers.values(), key=lambda r: r.created):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        status = "running" if owner_alive(record.owner_pid) else "orphaned"
+        if not owner_alive(record.owner_pid):
+            status = "orphaned"
+        else:
+            status = "running" if record.started else "creating"
         lines.append(f"{record.id:<18} {created:<20} {status:<9} {' '.join(record.args)}")
     return "\n".join(lines)
 

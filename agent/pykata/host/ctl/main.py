@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from pykata.host.ctl import vm_cmd
 from pykata.host.ctl.connect import connect
 from pykata.host.ctl.errors import CtlError, ExitCode, UsageError, rpc_exit_code
 from pykata.host.ctl.lifecycle import destroy_sandbox, format_ps, stop_container
-from pykata.host.ctl.logs import print_log
+from pykata.host.ctl.logs import print_console, print_vsock_log
 from pykata.host.ctl.methods import METHODS
 from pykata.host.ctl.run import ProcessRequest, exec_process, run_container
 from pykata.host.ctl.session import open_session
@@ -118,8 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--time", type=float, default=10.0, help="grace period in seconds")
     commands.add_parser("destroy", parents=[target], help="destroy the sandbox")
     vm_cmd.add_parser(commands)
-    cmd = commands.add_parser("logs", parents=[target], help="the VM's console (agent logs)")
-    cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    cmd = commands.add_parser("logs", parents=[target], help="the agent's logs")
+    source = cmd.add_mutually_exclusive_group()
+    source.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    source.add_argument(
+        "--vsock-port",
+        type=int,
+        metavar="PORT",
+        help="stream from the agent's log port (guest booted with agent.log_vport=PORT) "
+        "instead of the VM's console",
+    )
     return parser
 
 
@@ -162,9 +171,12 @@ async def run_verb(args: argparse.Namespace, target: Target) -> int:
         print(format_ps(state_file.load()))
         return ExitCode.OK
     if args.verb == "logs":
-        if target.console_log is None:
+        if args.vsock_port is not None:
+            await print_vsock_log(target.address, args.vsock_port, args.timeout)
+        elif target.console_log is None:
             raise UsageError("logs: only a VM target (--vm NAME) has a console log")
-        await print_log(target.console_log, args.follow)
+        else:
+            await print_console(target.console_log, args.follow)
         return ExitCode.OK
     async with open_session(target.address, args.timeout) as session:
         if args.verb == "run":
@@ -228,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TtrpcError as exc:
         print(f"kata-agent-ctl: {exc}", file=sys.stderr)
         return ExitCode.RUN_FAILED if streams else rpc_exit_code(exc)
+    except KeyboardInterrupt:
+        # How `logs -f` and the log stream end; elsewhere the shell's usual 128+SIGINT.
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ async def run_container(
         await session.agent_empty(
             "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
         )
+        with state_file.update() as state:
+            state.containers[cid].started = True
         io = ProcessIO(session, cid, cid, terminal=process.terminal, stdin=process.stdin)
         code = await io.run()
     except BaseException:

@@ -24,6 +24,7 @@ class ContainerRecord:
     created: float  # time.time()
     owner_pid: int  # the `run` process streaming its stdio and removing it at the end
     mount: str  # the host bind mount of its rootfs, undone on removal
+    started: bool = False  # recorded before creation, so a failed `run` can still clean up
 
 
 @dataclass
