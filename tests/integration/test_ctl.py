@@ -122,6 +122,13 @@ def test_run_returns_exit_code_and_separates_stderr(ctl: Ctl, busybox_rootfs: Pa
     assert done.stderr == "err\n"
 
 
+def test_run_env_and_cwd(ctl: Ctl, busybox_rootfs: Path) -> None:
+    args = ["-e", "GREETING=hi there", "-w", "/tmp", str(busybox_rootfs)]
+    done = ctl("run", *args, "--", "sh", "-c", 'echo "$GREETING from $(pwd) $PATH"')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("hi there from /tmp /usr/local/sbin:")
+
+
 def test_run_forwards_stdin(ctl: Ctl, busybox_rootfs: Path) -> None:
     data = "".join(f"line {n}\n" for n in range(2000))
     done = ctl("run", "-i", str(busybox_rootfs), "--", "sh", "-c", "cat; exit 7", stdin=data)

@@ -150,6 +150,8 @@ def test_connect_collects_commands() -> None:
         ["run", "--server-address", "unix://@a", "/nonexistent-rootfs", "--", "true"],
         ["run", "--server-address", "unix://@a", "/"],  # no command
         ["ps", "--server-address", "unix://@a", "--", "x"],
+        ["exec", "--server-address", "unix://@a", "-e", "NOVALUE", "c1", "--", "true"],
+        ["ps", "--server-address", "unix://@a", "--vm", "v"],  # one target only
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

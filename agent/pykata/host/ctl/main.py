@@ -37,8 +37,10 @@ EXAMPLES = """examples:
   kata-agent-ctl connect --server-address unix://@agent -c Check -c GetGuestDetails
   kata-agent-ctl connect --server-address hvsock:///run/vm/vsock.sock:1024 \\
       -c 'StatsContainer json://{"container_id": "c1"}'
-  kata-agent-ctl run --server-address unix://@agent ./rootfs -- echo hi
-  kata-agent-ctl exec --server-address unix://@agent --tty c1 -- sh
+  kata-agent-ctl vm up demo     # boots build/vmlinuz + build/kata-initrd.img
+  kata-agent-ctl run --vm demo ./rootfs -- sh -c 'echo hi; exit 3'
+  kata-agent-ctl exec --vm demo --tty CONTAINER_ID -- sh
+  kata-agent-ctl logs --vm demo -f
 """
 
 
@@ -146,15 +148,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.command = [*args.command, *tail]
         if not args.command:
             parser.error(f"{args.verb}: give the command after --")
+        for item in args.env:
+            if "=" not in item:
+                parser.error(f"--env {item!r}: expected NAME=VALUE")
     elif tail:
         parser.error(f"{args.verb} takes no command after --")
     return args
 
 
 def process_request(args: argparse.Namespace) -> ProcessRequest:
-    for item in args.env:
-        if "=" not in item:
-            raise UsageError(f"--env {item!r}: expected NAME=VALUE")
     return ProcessRequest(
         args=args.command,
         env=args.env,
