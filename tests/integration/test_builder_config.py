@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from pykata.builder import apt, build, kconfig, kernel, layout, mkosi
-from pykata.builder.stages import Stages
+from pykata.builder.stages import BuildError, Stages
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,12 @@ def test_fragments_survive_kconfig_merge(stages: Stages, tmp_path: Path) -> None
     assert "m" not in config.values()
     requirements = kconfig.parse_requirements(layout.REQUIRED_OPTIONS.read_text())
     assert kconfig.check(config, requirements) == []
+
+
+def test_image_flavour_refuses_a_kernel_without_builtin_root_drivers(tmp_path: Path) -> None:
+    """Debian's cloud kernel has virtio_blk as a module and Kata boots an image without an
+    initrd, so that combination could never mount its root: refuse it before building."""
+    options = build.Options(flavour="image", kernel_source="debian", output=tmp_path)
+    with pytest.raises(BuildError, match=r"CONFIG_VIRTIO_BLK.*--kernel-source build"):
+        build.build(options, Stages(tmp_path / "build.log"))
+    assert not (tmp_path / "kata-rootfs.img").exists()
