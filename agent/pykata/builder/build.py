@@ -8,6 +8,7 @@ installation unless the package set changed. `--clean` drops both.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import time
@@ -171,6 +172,16 @@ def mkosi_summary(tool: mkosi.Mkosi, flavour: str, sandbox: Path) -> str:
 
 
 def build(options: Options, stages: Stages) -> Result:
+    """Build (or reuse) one flavour; concurrent builds of a flavour wait for each other,
+    since they share mkosi's cache and the work folder."""
+    lock_path = layout.cache_root() / "work" / f"{options.flavour}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(options, stages)
+
+
+def _build(options: Options, stages: Stages) -> Result:
     if options.flavour not in FLAVOURS:
         raise BuildError(f"unknown flavour {options.flavour!r} (choose from {FLAVOURS})")
     if options.kernel_source not in KERNEL_SOURCES:

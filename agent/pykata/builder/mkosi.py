@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pykata.builder.apt import PrivateApt
+from pykata.builder.apt import KEYRING, PrivateApt
 from pykata.builder.stages import BuildError, Stages
 
 MINIMUM = (25,)
@@ -100,8 +100,12 @@ def install(root: Path, apt: PrivateApt, stages: Stages) -> Mkosi:
 
 
 def missing_host_packages() -> list[str]:
-    """Debian packages providing the host tools mkosi needs that are not installed."""
-    return sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
+    """Debian packages providing the host tools mkosi needs that are not installed (and the
+    Debian archive keyring, which Ubuntu hosts lack by default)."""
+    missing = {pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None}
+    if not KEYRING.exists():
+        missing.add("debian-archive-keyring")
+    return sorted(missing)
 
 
 def install_host_packages(stages: Stages) -> None:
