@@ -24,6 +24,8 @@ from pykata.builder.stages import Stages
 # TCG is slow and this machine is shared; the Debian kernel reaches /init in a few seconds.
 BOOT_TIMEOUT = 180.0
 QEMU = "qemu-system-x86_64"
+# The agent's log message once it listens for the runtime (after loading modules, mounting).
+READY = "agent ready"
 CUSTOM_KERNEL = layout.cache_root() / "kernel/build/arch/x86/boot/bzImage"
 needs_custom_kernel = pytest.mark.skipif(
     not CUSTOM_KERNEL.exists(),
@@ -31,21 +33,24 @@ needs_custom_kernel = pytest.mark.skipif(
 )
 
 
-def announce(line: str) -> dict[str, Any] | None:
-    """The agent's announce record if this console line is one (a JSON object, possibly
-    after kernel noise on the same line)."""
+def record(line: str) -> dict[str, Any] | None:
+    """The agent's JSON log record on this console line, if any (possibly after kernel
+    noise on the same line)."""
     start = line.find("{")
     if start < 0:
         return None
     try:
-        record = json.loads(line[start:])
+        parsed = json.loads(line[start:])
     except json.JSONDecodeError:
         return None
-    return record if isinstance(record, dict) and record.get("msg") == "announce" else None
+    return parsed if isinstance(parsed, dict) and "msg" in parsed else None
 
 
-def boot(kernel: Path, console: Path, cmdline: str, *disk: str) -> tuple[float, dict[str, Any]]:
-    """Boot until the announce line; returns (seconds from QEMU start, the record)."""
+def boot(
+    kernel: Path, console: Path, cmdline: str, *disk: str
+) -> tuple[float, list[dict[str, Any]]]:
+    """Boot until the agent listens (READY); returns (seconds from QEMU start to the announce
+    line, the agent's log records up to READY)."""
     if shutil.which(QEMU) is None:
         pytest.skip(f"{QEMU} not installed (just setup installs it)")
     cmd = [
@@ -55,14 +60,16 @@ def boot(kernel: Path, console: Path, cmdline: str, *disk: str) -> tuple[float, 
         "-append", f"console=ttyS0 panic=-1 {cmdline}",
     ]  # fmt: skip
     t0 = time.monotonic()
+    announced: float | None = None
     qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while time.monotonic() - t0 < BOOT_TIMEOUT:
             text = console.read_text(errors="replace") if console.exists() else ""
-            for line in text.splitlines():
-                record = announce(line)
-                if record is not None:
-                    return time.monotonic() - t0, record
+            records = [r for r in map(record, text.splitlines()) if r is not None]
+            if announced is None and any(r["msg"] == "announce" for r in records):
+                announced = time.monotonic() - t0
+            if announced is not None and any(r["msg"] == READY for r in records):
+                return announced, records
             if "Kernel panic" in text or qemu.poll() is not None:
                 time.sleep(0.5)  # let the rest of the panic reach the log
                 break
@@ -71,7 +78,15 @@ def boot(kernel: Path, console: Path, cmdline: str, *disk: str) -> tuple[float, 
         qemu.kill()
         _, err = qemu.communicate()
     tail = "\n".join(console.read_text(errors="replace").splitlines()[-40:])
-    pytest.fail(f"no announce line (qemu stderr: {err.decode().strip()!r}); console:\n{tail}")
+    seen = "announce seen" if announced is not None else "no announce line"
+    pytest.fail(
+        f"{seen}, agent not ready (qemu stderr: {err.decode().strip()!r}); console:\n{tail}"
+    )
+
+
+def errors(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Error records, e.g. a kernel module that failed to load or a mount that failed."""
+    return [r for r in records if r.get("level") in ("error", "fatal", "critical")]
 
 
 def built_with_custom_kernel(flavour: str) -> Result:
@@ -84,16 +99,17 @@ def built_with_custom_kernel(flavour: str) -> Result:
 def test_initrd_boots_agent_as_pid1(
     guest_artifacts: Result, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
-    seconds, record = boot(
-        guest_artifacts.kernel,
-        tmp_path / "console",
-        "quiet",
-        "-initrd",
-        str(guest_artifacts.artifact),
+    initrd = str(guest_artifacts.artifact)
+    seconds, records = boot(
+        guest_artifacts.kernel, tmp_path / "console", "quiet", "-initrd", initrd
     )
     record_property("boot_to_announce_seconds", round(seconds, 1))
     print(f"TCG boot to announce (Debian kernel, initrd): {seconds:.1f}s")
-    assert record.get("name", "kata-agent") == "kata-agent"
+    (announce,) = [r for r in records if r["msg"] == "announce"]
+    assert announce.get("pid") == 1
+    assert announce.get("name") == "kata-agent"
+    # modprobe of the modules the builder picked (and their dependencies) succeeded.
+    assert errors(records) == []
 
 
 @pytest.mark.vm
@@ -105,7 +121,10 @@ def test_initrd_boots_with_our_kernel(
     manifest = json.loads(result.manifest.read_text())
     assert manifest["kernel"]["source"] == "build"
     assert manifest["modules"] == []
-    seconds, _ = boot(result.kernel, tmp_path / "console", "quiet", "-initrd", str(result.artifact))
+    seconds, records = boot(
+        result.kernel, tmp_path / "console", "quiet", "-initrd", str(result.artifact)
+    )
+    assert errors(records) == []
     record_property("boot_to_announce_seconds", round(seconds, 1))
     print(f"TCG boot to announce (our kernel, initrd): {seconds:.1f}s")
 
@@ -117,7 +136,7 @@ def test_disk_image_boots_agent_under_systemd(
 ) -> None:
     result = built_with_custom_kernel("image")
     # The same root= Kata's runtime passes for a virtio-blk image (partition 1).
-    seconds, _ = boot(
+    seconds, records = boot(
         result.kernel,
         tmp_path / "console",
         "root=/dev/vda1 rootfstype=ext4 ro quiet",
@@ -125,3 +144,6 @@ def test_disk_image_boots_agent_under_systemd(
     )  # fmt: skip
     record_property("boot_to_announce_seconds", round(seconds, 1))
     print(f"TCG boot to announce (our kernel, disk image, systemd): {seconds:.1f}s")
+    (announce,) = [r for r in records if r["msg"] == "announce"]
+    assert announce.get("pid") != 1  # systemd is PID 1 here
+    assert errors(records) == []
