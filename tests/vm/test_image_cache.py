@@ -36,3 +36,16 @@ def test_new_output_reuses_mkosi_package_cache(guest_artifacts: Result, tmp_path
     cached = json.loads(guest_artifacts.manifest.read_text())
     assert built["debian_packages"] == cached["debian_packages"]
     assert result.artifact.stat().st_size > 1 << 20
+
+
+@pytest.mark.vm
+def test_clean_rebuilds_from_packages(guest_artifacts: Result, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    stages = Stages(tmp_path / "build.log")
+    build.build(build.Options(flavour="initrd", output=output), stages)
+    result = build.build(build.Options(flavour="initrd", output=output, clean=True), stages)
+    assert not result.reused
+    log = stages.log_path.read_text()
+    # mkosi dropped its cached image and installed the packages again.
+    assert "Unpacking python3" in log
+    assert json.loads(result.manifest.read_text())["debian_packages"]["crun"]
