@@ -6,69 +6,20 @@ import array
 import asyncio
 import os
 import socket
-import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from pykata.host.vsock import muxer as muxer_module
 from pykata.host.vsock import vhost_user as vu
-from pykata.host.vsock.muxer import BUF_ALLOC, FIRST_LOCAL_PORT, HostStream, VsockMuxer
-from pykata.host.vsock.packet import HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, Header, Op
-from vsock_guest import RX_DATA, GuestDriver, deadline
-
-GUEST_CID = 7
-
-
-@dataclass
-class Rig:
-    driver: GuestDriver
-    muxer: VsockMuxer
-    listener: vu.Listener
-    uds: Path
-    vhost: Path
-
-    async def reconnect_frontend(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, str(self.vhost))
-        self.driver = GuestDriver(sock)
-        await self.driver.start()
-
-    async def client(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_unix_connection(str(self.uds))
-        writer.write(f"CONNECT {port}\n".encode())
-        await writer.drain()
-        return reader, writer
-
-    async def connected(
-        self, port: int = 5000, buf_alloc: int = 256 << 10
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Header]:
-        """A hybrid client the test guest accepted; returns the guest's view (REQUEST)."""
-        reader, writer = await self.client(port)
-        ((req, _),) = await self.driver.wait_packets()
-        assert req.op == Op.REQUEST
-        d = self.driver
-        d.send(d.packet(Op.RESPONSE, port, req.src_port, buf_alloc=buf_alloc))
-        assert await reader.readline() == f"OK {req.src_port}\n".encode()
-        return reader, writer, req
+from pykata.host.vsock.muxer import BUF_ALLOC, FIRST_LOCAL_PORT
+from pykata.host.vsock.packet import HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, Op
+from vsock_guest import GUEST_CID, RX_DATA, Rig, deadline, open_rig
 
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    loop = asyncio.get_running_loop()
-    with tempfile.TemporaryDirectory(prefix="vsock-") as tmp:
-        uds, vhost = Path(tmp) / "v.sock", Path(tmp) / "vhost.sock"
-        muxer = VsockMuxer(GUEST_CID, str(uds))
-        server = await loop.create_unix_server(lambda: HostStream(muxer, None), str(uds))
-        listener = vu.Listener(str(vhost), muxer, 2, loop)
-        r = Rig(None, muxer, listener, uds, vhost)  # type: ignore[arg-type]
-        await r.reconnect_frontend()
+    async with open_rig() as r:
         yield r
-        listener.close()
-        server.close()
-        r.driver.close()
 
 
 @deadline(20)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import functools
 import mmap
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pykata.host.vsock import vhost_user as vu
+from pykata.host.vsock.muxer import HostStream, VsockMuxer
 from pykata.host.vsock.packet import HEADER_SIZE, HOST_CID, TYPE_STREAM, Header, Op
 
 AsyncTest = Callable[..., Awaitable[None]]
@@ -198,6 +202,14 @@ class GuestDriver:
                 self.post_rx(1)
         return packets
 
+    async def sent(self) -> None:
+        """Wait until the back-end took every tx packet offered so far (slots are reused)."""
+        ring = self.rings[1]
+        while True:
+            if U16.unpack_from(self.mem, ring.used + 2)[0] == self.avail_idx[1]:
+                return
+            await asyncio.sleep(0.001)  # polling guest memory: there is nothing to wait on
+
     async def wait_packets(self, count: int = 1, within: float = 5.0) -> list[tuple[Header, bytes]]:
         packets: list[tuple[Header, bytes]] = []
         async with asyncio.timeout(within):
@@ -227,3 +239,57 @@ def deadline(seconds: float) -> Callable[[AsyncTest], AsyncTest]:
         return run
 
     return wrap
+
+
+GUEST_CID = 7
+
+
+@dataclass
+class Rig:
+    driver: GuestDriver
+    muxer: VsockMuxer
+    listener: vu.Listener
+    uds: Path
+    vhost: Path
+
+    async def reconnect_frontend(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, str(self.vhost))
+        self.driver = GuestDriver(sock)
+        await self.driver.start()
+
+    async def client(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(str(self.uds))
+        writer.write(f"CONNECT {port}\n".encode())
+        await writer.drain()
+        return reader, writer
+
+    async def connected(
+        self, port: int = 5000, buf_alloc: int = 256 << 10
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Header]:
+        """A hybrid client the test guest accepted; returns the guest's view (REQUEST)."""
+        reader, writer = await self.client(port)
+        ((req, _),) = await self.driver.wait_packets()
+        assert req.op == Op.REQUEST
+        d = self.driver
+        d.send(d.packet(Op.RESPONSE, port, req.src_port, buf_alloc=buf_alloc))
+        assert await reader.readline() == f"OK {req.src_port}\n".encode()
+        return reader, writer, req
+
+
+@contextlib.asynccontextmanager
+async def open_rig() -> AsyncIterator[Rig]:
+    """A back-end (muxer, hybrid listener, vhost-user listener) with a started test guest."""
+    loop = asyncio.get_running_loop()
+    with tempfile.TemporaryDirectory(prefix="vsock-") as tmp:
+        uds, vhost = Path(tmp) / "v.sock", Path(tmp) / "vhost.sock"
+        muxer = VsockMuxer(GUEST_CID, str(uds))
+        server = await loop.create_unix_server(lambda: HostStream(muxer, None), str(uds))
+        listener = vu.Listener(str(vhost), muxer, 2, loop)
+        r = Rig(None, muxer, listener, uds, vhost)  # type: ignore[arg-type]
+        await r.reconnect_frontend()
+        yield r
+        listener.close()
+        server.close()
+        r.driver.close()
