@@ -272,7 +272,7 @@ async def test_guest_device_reset_drops_connections_and_recovers(vm: VM) -> None
     writer.close()
     await vm.wait_console("virtio-vsock device .* reset", within=60)
     await vm.wait_port(ECHO, within=60)
-    assert backend_log(vm).count("guest vsock up") == starts + 1
+    assert backend_log(vm).count("guest vsock up") > starts
     reader, writer = await hybrid_connect(vm, ECHO)
     writer.write(b"after the reset\n")
     assert await reader.readline() == b"after the reset\n"
