@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pykata.host.vsock.connection import Connection, State
 from pykata.host.vsock.packet import (
+    HEADER,
     HEADER_SIZE,
     HOST_CID,
     SHUTDOWN_BOTH,
@@ -152,6 +153,24 @@ def scatter(bufs: list[memoryview], pieces: tuple[bytes | memoryview, ...]) -> i
             pos += n
         total += size
     return total
+
+
+def write_packet(bufs: list[memoryview], header: bytes, data: memoryview) -> int:
+    """Write a packet into a guest rx chain; returns its length.
+
+    Linux posts a 44-byte header buffer followed by a data buffer (6.1) or one buffer for
+    both (6.2+): those two layouts take two slice copies, anything else goes piecewise.
+    """
+    first, n = bufs[0], len(data)
+    if len(first) == HEADER_SIZE and len(bufs) > 1 and len(bufs[1]) >= n:
+        first[:] = header
+        bufs[1][:n] = data
+    elif len(first) >= HEADER_SIZE + n:
+        first[:HEADER_SIZE] = header
+        first[HEADER_SIZE : HEADER_SIZE + n] = data
+    else:
+        scatter(bufs, (header, data))
+    return HEADER_SIZE + n
 
 
 def gather(chain: Chain) -> tuple[Header, list[memoryview]]:
@@ -502,11 +521,14 @@ class VsockMuxer:
                 raise GuestMemoryError("guest rx buffer cannot hold a packet")
             data = conn.take(chain.writable_size() - HEADER_SIZE)
             stream = self.streams.get(conn.key)
-            hdr = self._header(conn.local_port, conn.peer_port, Op.RW, len(data), 0)
-            hdr.buf_alloc, hdr.fwd_cnt = conn.report(stream.buffered() if stream else 0)
-            rx.push(chain, scatter(chain.writable, (hdr.pack(), data)))
+            buf_alloc, fwd_cnt = conn.report(stream.buffered() if stream else 0)
+            header = HEADER.pack(
+                HOST_CID, self.guest_cid, conn.local_port, conn.peer_port, len(data),
+                TYPE_STREAM, Op.RW, 0, buf_alloc, fwd_cnt,
+            )  # fmt: skip
+            rx.push(chain, write_packet(chain.writable, header, data))
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("host -> guest: %s", hdr)
+                log.debug("host -> guest: %s", Header.unpack_from(header))
             if stream is not None and conn.pending_bytes < PENDING_LIMIT // 2:
                 stream.resume_reading()
             self._after_drain(conn)
