@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pykata.host.vsock import vhost_user as vu
+from pykata.host.vsock.muxer import write_packet
 from pykata.host.vsock.packet import HEADER_SIZE, Header, Op
 from pykata.host.vsock.virtqueue import (
     GuestMemory,
@@ -200,3 +201,19 @@ def test_rings_outside_memory_cannot_start(ram: tuple[GuestMemory, memoryview]) 
     q.addresses = RingAddresses(USER + RAM, USER, USER)
     with pytest.raises(GuestMemoryError):
         q.start(mem)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [[44, 4096], [44 + 4096], [20, 24, 100, 4000]],  # Linux 6.1, Linux 6.2+, anything else
+)
+def test_write_packet_fills_any_rx_buffer_layout(layout: list[int]) -> None:
+    mem = memoryview(bytearray(sum(layout)))
+    bufs, offset = [], 0
+    for size in layout:
+        bufs.append(mem[offset : offset + size])
+        offset += size
+    header = Header(2, 3, 1 << 30, 5000, 3000, 1, Op.RW, 0, 1 << 20, 7).pack()
+    payload = memoryview(bytes(range(256)) * 11 + bytes(184))
+    assert write_packet(bufs, header, payload) == 44 + 3000
+    assert bytes(mem[:44]) == header and bytes(mem[44 : 44 + 3000]) == bytes(payload)
