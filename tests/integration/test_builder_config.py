@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pykata.builder import apt, build, kconfig, kernel, layout, mkosi
+from pykata.builder import apt, build, hosttools, kconfig, kernel, layout, mkosi
 from pykata.builder.stages import BuildError, Stages
 
 
@@ -33,7 +33,7 @@ def test_mkosi_summary_validates_flavour(tool: mkosi.Mkosi, flavour: str, tmp_pa
 
 
 def test_fragments_survive_kconfig_merge(stages: Stages, tmp_path: Path) -> None:
-    kernel.ensure_tools(kernel.CONFIG_TOOLS, stages)
+    hosttools.ensure(kernel.CONFIG_TOOLS, stages)
     cache = layout.cache_root()
     apt_ = build.prepare_apt(cache, None, stages)
     source, _ = kernel.kernel_source(apt_, cache / "kernel/source", stages)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pykata
-from pykata.builder import apt, disk, kconfig, kernel, layout, manifest, mkosi, wheels
+from pykata.builder import apt, disk, hosttools, kconfig, kernel, layout, manifest, mkosi, wheels
 from pykata.builder.stages import BuildError, Stages
 
 FLAVOURS = ("initrd", "image")
@@ -58,8 +58,7 @@ def setup(mirror: str | None, stages: Stages) -> mkosi.Mkosi:
     """Install mkosi's host tools and mkosi >= 25 (trixie's, unpacked privately if needed)."""
     cache = layout.cache_root()
     with stages.stage("host tools"):
-        mkosi.install_host_packages(stages)
-        kernel.ensure_tools(kernel.CONFIG_TOOLS, stages)
+        hosttools.ensure({**mkosi.HOST_TOOLS, **kernel.CONFIG_TOOLS}, stages)
     with stages.stage("mkosi"):
         found = mkosi.host_mkosi() or mkosi.private_mkosi(cache / "mkosi")
         if found is None:
@@ -72,7 +71,7 @@ def get_kernel(source: str, apt_: apt.PrivateApt, cache: Path, stages: Stages) -
     if source == "debian":
         with stages.stage("kernel (debian)"):
             return kernel.debian_kernel(apt_, cache / "kernel/debian", stages)
-    kernel.ensure_tools(kernel.BUILD_TOOLS, stages)
+    hosttools.ensure(kernel.BUILD_TOOLS, stages)
     return kernel.build_kernel(apt_, cache / "kernel", layout.fragments(), stages)
 
 
@@ -193,7 +192,7 @@ def _build(options: Options, stages: Stages) -> Result:
     work = cache / "work" / options.flavour
     with stages.stage("prepare"):
         tool = mkosi.locate(cache / "mkosi")
-        missing_tools = mkosi.missing_host_packages()
+        missing_tools = hosttools.missing(mkosi.HOST_TOOLS)
         if missing_tools:
             raise BuildError(f"missing host packages {missing_tools}: run `kata-image setup`")
         apt_ = prepare_apt(cache, options.mirror, stages)

@@ -46,21 +46,6 @@ class Kernel:
     modules: Path | None  # /usr/lib/modules/<version> of the Debian package
 
 
-def ensure_tools(tools: dict[str, str], stages: Stages) -> None:
-    """apt-get install the packages providing missing tools (absolute paths are files)."""
-    missing = sorted(
-        {
-            pkg
-            for tool, pkg in tools.items()
-            if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))
-        }
-    )
-    if missing:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        stages.run(["apt-get", "update", "-q"], env=env)
-        stages.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
-
-
 def debian_kernel(apt: PrivateApt, cache: Path, stages: Stages) -> Kernel:
     """trixie's cloud kernel, unpacked once per package version under cache."""
     apt.update()

@@ -20,8 +20,10 @@ from pykata.builder.stages import BuildError, Stages
 
 MINIMUM = (25,)
 # Host tools mkosi calls for our configuration (apt/dpkg install, cpio+zstd archive,
-# depmod) and the ext4 image of the `image` flavour.
+# depmod), the `image` flavour's disk (ext4, partition table) and the Debian archive keyring
+# (Ubuntu hosts lack it by default).
 HOST_TOOLS = {
+    str(KEYRING): "debian-archive-keyring",
     "apt-get": "apt",
     "dpkg": "dpkg",
     "cpio": "cpio",
@@ -97,23 +99,6 @@ def install(root: Path, apt: PrivateApt, stages: Stages) -> Mkosi:
     if found.version < MINIMUM:
         raise BuildError(f"mkosi {version} from {deb.name} is older than 25")
     return found
-
-
-def missing_host_packages() -> list[str]:
-    """Debian packages providing the host tools mkosi needs that are not installed (and the
-    Debian archive keyring, which Ubuntu hosts lack by default)."""
-    missing = {pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None}
-    if not KEYRING.exists():
-        missing.add("debian-archive-keyring")
-    return sorted(missing)
-
-
-def install_host_packages(stages: Stages) -> None:
-    missing = missing_host_packages()
-    if missing:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        stages.run(["apt-get", "update", "-q"], env=env)
-        stages.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
 
 
 def locate(root: Path) -> Mkosi:
