@@ -48,14 +48,19 @@ def test_bad_names_are_rejected(name: str) -> None:
 
 def test_process_alive_checks_the_command_line(tmp_path: Path) -> None:
     marker = tmp_path / "vm"
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(marker)])
+    script = "import time; print('up', flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE, text=True
+    )
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"  # exec'd by now
         assert state.process_alive(proc.pid, marker)
         assert not state.process_alive(proc.pid, tmp_path / "other-vm")  # a reused pid
         assert not state.process_alive(os.getpid(), marker)
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
     assert not state.process_alive(proc.pid, marker)
 
 

@@ -155,10 +155,11 @@ class GuestDriver:
         ring = self.rings[0]
         for _ in range(count):
             head = (2 * self.avail_idx[0]) % ring.num
-            addr = self.buffers.setdefault(head, self._alloc(HEADER_SIZE + RX_DATA))
-            self._offer(
-                ring, head, [(addr, HEADER_SIZE, True), (addr + HEADER_SIZE, RX_DATA, True)]
-            )
+            if head not in self.buffers:
+                self.buffers[head] = self._alloc(HEADER_SIZE + RX_DATA)
+            addr = self.buffers[head]
+            parts = [(addr, HEADER_SIZE, True), (addr + HEADER_SIZE, RX_DATA, True)]
+            self._offer(ring, head, parts)
 
     def send(self, hdr: Header, payload: bytes = b"") -> None:
         ring = self.rings[1]
