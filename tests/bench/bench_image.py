@@ -4,7 +4,8 @@ QEMU TCG boot time from QEMU start to the agent's announce line, per kernel and 
 Usage: bench_image.py [--boots N] [--no-cold]   (as root; needs the package archives)
 
 Cold drops mkosi's incremental cache (--clean) but keeps downloaded packages and wheels.
-Our kernel is only measured when `just kernel --source build` has built it (~8 minutes).
+Our kernel is only measured when `just kernel --source build` has built it from the current
+fragments (~8 minutes).
 Boot times compare against a peer in the same run: Debian's cloud kernel with the same
 initrd.
 """
@@ -20,12 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from pykata.builder import build, layout
+from pykata.builder import build, kernel, layout
 from pykata.builder.stages import Stages
 
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 180.0
-CUSTOM_KERNEL = layout.cache_root() / "kernel/build/arch/x86/boot/bzImage"
+KERNEL_BUILD = layout.cache_root() / "kernel/build"
+CUSTOM_KERNEL = KERNEL_BUILD / "arch/x86/boot/bzImage"
 
 
 def timed_build(options: build.Options) -> tuple[float, build.Result]:
@@ -87,7 +89,8 @@ def main(argv: list[str]) -> int:
     boots: list[tuple[str, Path, str, list[str]]] = [
         ("Debian cloud kernel + initrd", result.kernel, "", ["-initrd", str(result.artifact)])
     ]
-    if CUSTOM_KERNEL.exists():
+    ours_current = kernel.current_build(KERNEL_BUILD, layout.fragments())
+    if ours_current:
         seconds, ours = timed_build(
             build.Options(output=work / "initrd-build", kernel_source="build")
         )
@@ -104,13 +107,13 @@ def main(argv: list[str]) -> int:
         boots.append(("our kernel + disk image (systemd)", image.kernel, "root=/dev/vda1 ro", disk))
     kernel_mb = result.kernel.stat().st_size / 1e6
     rows.append(("Debian kernel size", f"{kernel_mb:.1f} MB"))
-    if CUSTOM_KERNEL.exists():
+    if ours_current:
         rows.append(
             ("our kernel size (bzImage, LZ4)", f"{CUSTOM_KERNEL.stat().st_size / 1e6:.1f} MB")
         )
 
-    for name, kernel, cmdline, disk in boots:
-        times = [boot_seconds(kernel, cmdline, disk, work) for _ in range(args.boots)]
+    for name, kernel_path, cmdline, disk in boots:
+        times = [boot_seconds(kernel_path, cmdline, disk, work) for _ in range(args.boots)]
         rows.append(
             (f"TCG boot to announce: {name}",
              f"median {statistics.median(times):.1f} s (min {min(times):.1f}, n={len(times)})")

@@ -4,7 +4,9 @@ built from Debian's linux-source with the kernel-config/ fragments, everything b
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import lzma
 import os
 import re
@@ -203,36 +205,65 @@ def merge_fragments(source: Path, out: Path, fragments: list[Path], stages: Stag
     return config
 
 
+STAMP = ".pykata-inputs"
+
+
+def fragments_digest(fragments: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for fragment in fragments:
+        digest.update(fragment.name.encode() + b"\0" + fragment.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def current_build(out: Path, fragments: list[Path], package_version: str | None = None) -> bool:
+    """Whether `out` holds a bzImage built from exactly these fragments (and, when given,
+    this linux-source version)."""
+    stamp = out / STAMP
+    if not ((out / "arch/x86/boot/bzImage").exists() and stamp.exists()):
+        return False
+    try:
+        inputs = json.loads(stamp.read_text())
+    except json.JSONDecodeError:
+        return False
+    if package_version is not None and inputs.get("source") != package_version:
+        return False
+    return bool(inputs.get("fragments") == fragments_digest(fragments))
+
+
 def build_kernel(apt: PrivateApt, cache: Path, fragments: list[Path], stages: Stages) -> Kernel:
     """Build bzImage from linux-source with our fragments; reused while the source version
-    and the fragments are unchanged (ccache speeds up rebuilds when installed)."""
+    and the fragments are unchanged (ccache speeds up rebuilds when installed). One build at
+    a time: concurrent builds in the same folder would mix their configurations."""
     with stages.stage("kernel source"):
         source, package_version = kernel_source(apt, cache / "source", stages)
     out = cache / "build"
-    image = out / "arch/x86/boot/bzImage"
-    digest = hashlib.sha256(package_version.encode())
-    for fragment in fragments:
-        digest.update(fragment.name.encode() + b"\0" + fragment.read_bytes())
-    stamp = out / ".pykata-inputs"
-    if not (image.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest()):
-        stamp.unlink(missing_ok=True)
-        with stages.stage("kernel config"):
-            merge_fragments(source, out, fragments, stages)
-        with stages.stage("kernel build"):
-            jobs = str(os.cpu_count() or 1)
-            cc = ["CC=ccache gcc"] if shutil.which("ccache") else []
-            stages.run(
-                ["make", "-C", source, f"O={out}", "ARCH=x86_64", f"-j{jobs}", *cc, "bzImage"]
-            )
-        stamp.write_text(digest.hexdigest())
-    release = stages.output(
-        ["make", "-s", "-C", source, f"O={out}", "ARCH=x86_64", "kernelrelease"]
-    ).strip()
+    out.mkdir(parents=True, exist_ok=True)
+    with (cache / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not current_build(out, fragments, package_version):
+            (out / STAMP).unlink(missing_ok=True)
+            with stages.stage("kernel config"):
+                merge_fragments(source, out, fragments, stages)
+            with stages.stage("kernel build"):
+                jobs = str(os.cpu_count() or 1)
+                cc = ["CC=ccache gcc"] if shutil.which("ccache") else []
+                make: list[str | Path] = ["make", "-C", source, f"O={out}", "ARCH=x86_64"]
+                make += [f"-j{jobs}", *cc]
+                stages.run([*make, "bzImage"])
+                # make re-runs kconfig; nothing may have changed what we checked.
+                lost = kconfig.lost_fragment_lines(fragments, kconfig.read(out / ".config"))
+                if lost:
+                    raise BuildError("the build changed the config:\n  " + "\n  ".join(lost))
+            inputs = {"source": package_version, "fragments": fragments_digest(fragments)}
+            (out / STAMP).write_text(json.dumps(inputs))
+        release = stages.output(
+            ["make", "-s", "-C", source, f"O={out}", "ARCH=x86_64", "kernelrelease"]
+        ).strip()
     return Kernel(
         source="build",
         version=release,
         package_version=package_version,
-        image=image,
+        image=out / "arch/x86/boot/bzImage",
         config=out / ".config",
         modules=None,
     )

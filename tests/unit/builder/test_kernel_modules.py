@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import lzma
 from pathlib import Path
 
@@ -83,3 +84,23 @@ def test_module_list_file_ignores_comments(tmp_path: Path) -> None:
     path = tmp_path / "list"
     path.write_text("# vsock\nvsock  # transport\n\n overlay\n")
     assert kernel.read_module_list(path) == ["vsock", "overlay"]
+
+
+def test_current_build_follows_fragments_and_source(tmp_path: Path) -> None:
+    fragment = tmp_path / "vsock.conf"
+    fragment.write_text("CONFIG_VSOCKETS=y\n")
+    out = tmp_path / "build"
+    image = out / "arch/x86/boot/bzImage"
+    image.parent.mkdir(parents=True)
+    assert not kernel.current_build(out, [fragment])
+    image.write_bytes(b"kernel")
+    assert not kernel.current_build(out, [fragment])  # built, but from unknown inputs
+    stamp = {"source": "6.12.1-1", "fragments": kernel.fragments_digest([fragment])}
+    (out / kernel.STAMP).write_text(json.dumps(stamp))
+    assert kernel.current_build(out, [fragment])
+    assert kernel.current_build(out, [fragment], "6.12.1-1")
+    assert not kernel.current_build(out, [fragment], "6.12.2-1")
+    fragment.write_text("CONFIG_VSOCKETS=y\nCONFIG_VIRTIO_VSOCKETS=y\n")
+    assert not kernel.current_build(out, [fragment])
+    (out / kernel.STAMP).write_text("not json")
+    assert not kernel.current_build(out, [fragment])
