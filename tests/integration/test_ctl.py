@@ -6,12 +6,17 @@ creates is used by the following tests and destroyed by the last one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import secrets
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -127,6 +132,51 @@ def test_run_env_and_cwd(ctl: Ctl, busybox_rootfs: Path) -> None:
     done = ctl("run", *args, "--", "sh", "-c", 'echo "$GREETING from $(pwd) $PATH"')
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("hi there from /tmp /usr/local/sbin:")
+
+
+def set_size(fd: int, rows: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
+def read_until(fd: int, marker: bytes, nudge: bytes = b"") -> bytes:
+    """Terminal output up to marker; `nudge` is typed every second meanwhile."""
+    data = b""
+    deadline = time.monotonic() + 60
+    while marker not in data:
+        assert time.monotonic() < deadline, f"no {marker!r} in {data!r}"
+        if select.select([fd], [], [], 1.0)[0]:
+            data += os.read(fd, 4096)
+        elif nudge:
+            os.write(fd, nudge)
+    return data
+
+
+def test_run_tty_keystrokes_and_resize(ctl: Ctl, busybox_rootfs: Path) -> None:
+    """`run -t` from a real terminal: its size, keystrokes in, SIGWINCH -> TtyWinResize."""
+    primary, secondary = pty.openpty()
+    set_size(secondary, 30, 100)
+    script = "stty size; while read line; do [ $line = q ] && exit 5; stty size; done"
+    proc = subprocess.Popen(
+        ctl.argv("run", ("-t", str(busybox_rootfs), "--", "sh", "-c", script)),
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        env=ctl.env,
+        start_new_session=True,
+    )
+    try:
+        os.close(secondary)
+        assert b"30 100" in read_until(primary, b"30 100")
+        set_size(primary, 41, 132)
+        proc.send_signal(signal.SIGWINCH)
+        # Enter until the shell reports the new size (the resize is an RPC of its own).
+        assert b"41 132" in read_until(primary, b"41 132", nudge=b"\r")
+        os.write(primary, b"q\r")
+        assert proc.wait(timeout=60) == 5
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(primary)
 
 
 def test_run_forwards_stdin(ctl: Ctl, busybox_rootfs: Path) -> None:

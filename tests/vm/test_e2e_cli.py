@@ -94,3 +94,4 @@ def test_readme_flow(guest_artifacts: Result, runtime_dir: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert not is_mount_point(shared)
     assert not (runtime_dir / "pykata/vms/readme/vm.json").exists()
+    assert not list((runtime_dir / "pykata/ctl").glob("vm-readme-*.json"))

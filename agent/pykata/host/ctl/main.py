@@ -27,7 +27,7 @@ from pykata.host.ctl.run import ProcessRequest, exec_process, run_container
 from pykata.host.ctl.session import open_session
 from pykata.host.ctl.share import make_shared_mount, remove_shared_mount
 from pykata.host.ctl.state import StateFile
-from pykata.host.ctl.target import Target, address_target, state_root, vm_target
+from pykata.host.ctl.target import Target, address_target, vm_target
 from pykata.host.vm import state as vm_state
 from pykata.ttrpc.addresses import parse_address
 from pykata.ttrpc.errors import TtrpcError
@@ -168,7 +168,7 @@ def process_request(args: argparse.Namespace) -> ProcessRequest:
 
 
 async def run_verb(args: argparse.Namespace, target: Target) -> int:
-    state_file = StateFile(state_root() / f"{target.name}.json")
+    state_file = StateFile.of(target.name)
     if args.verb in ("ps", "list"):
         print(format_ps(state_file.load()))
         return ExitCode.OK
@@ -215,18 +215,22 @@ def run_vm_verb(args: argparse.Namespace) -> int:
     """`vm up|down|status`, with the shared folder's mount propagation around them: the VM
     runner does not prepare it (yet), and without it `run` could not reach virtiofsd."""
     shared: Path | None = None
-    with contextlib.suppress(FileNotFoundError, ValueError):  # the handler reports those
+    containers: StateFile | None = None
+    with contextlib.suppress(FileNotFoundError, ValueError, UsageError):  # the handler says
         if args.vm_verb == "up":
             vm_state.vm_dir(args.name)  # validates the name
             shared = args.shared_dir or vm_state.default_shared_dir(args.name)
             make_shared_mount(shared)
         elif args.vm_verb == "down":
             shared = Path(vm_state.load(args.name).shared_dir)
+            containers = StateFile.of(vm_target(args.name).name)
     code = int(args.vm_handler(args))
     failed_up = args.vm_verb == "up" and code != ExitCode.OK
     stopped = args.vm_verb == "down" and code == ExitCode.OK
     if shared is not None and (failed_up or stopped):
         remove_shared_mount(shared)
+    if containers is not None and stopped:
+        containers.remove()  # what `run` recorded died with the VM
     return code
 
 

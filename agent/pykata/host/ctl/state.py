@@ -34,6 +34,12 @@ class TargetState:
 
 
 class StateFile:
+    @classmethod
+    def of(cls, target_name: str) -> StateFile:
+        """The state file of a target (Target.name), under ${XDG_RUNTIME_DIR:-/run}."""
+        root = Path(os.environ.get("XDG_RUNTIME_DIR") or "/run") / "pykata" / "ctl"
+        return cls(root / f"{target_name}.json")
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock_path = path.with_suffix(".lock")

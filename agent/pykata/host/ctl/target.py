@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,3 @@ def vm_target(name: str) -> Target:
         virtio_fs=True,
         console_log=Path(vm.console_log),
     )
-
-
-def state_root() -> Path:
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/run") / "pykata" / "ctl"
