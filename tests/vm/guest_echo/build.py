@@ -135,6 +135,9 @@ def build_guest() -> GuestImage:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
+    for stale in out.parent.iterdir():  # builds of older inputs are never used again
+        if stale != out:
+            shutil.rmtree(stale, ignore_errors=True)
     return image
 
 
