@@ -61,7 +61,7 @@ class ProcessIO:
         signals = [signal.SIGWINCH] if self.terminal else list(FORWARDED_SIGNALS)
         for signum in signals:
             loop.add_signal_handler(signum, self.on_signal, signum)
-        feeder = asyncio.create_task(self.feed_stdin() if self.stdin else self.close_stdin())
+        feeder = asyncio.create_task(self.feed_stdin())
         try:
             raw = self.terminal and self.stdin
             with raw_mode(sys.stdin.fileno()) if raw else contextlib.nullcontext():
@@ -99,8 +99,9 @@ class ProcessIO:
 
     async def feed_stdin(self) -> None:
         try:
-            async for chunk in stdin_chunks():
-                await self.write_stdin(chunk)
+            if self.stdin:
+                async for chunk in stdin_chunks():
+                    await self.write_stdin(chunk)
             await self.close_stdin()
         except TtrpcError:
             # The process exited and took its stdin with it: like EPIPE, nothing to report.
