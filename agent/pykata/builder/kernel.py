@@ -209,9 +209,11 @@ STAMP = ".pykata-inputs"
 
 
 def fragments_digest(fragments: list[Path]) -> str:
+    """Digest of the fragments' settings (comments do not change the kernel)."""
     digest = hashlib.sha256()
     for fragment in fragments:
-        digest.update(fragment.name.encode() + b"\0" + fragment.read_bytes() + b"\0")
+        for option, value in kconfig.fragment_lines(fragment):
+            digest.update(f"{option}={value}\n".encode())
     return digest.hexdigest()
 
 

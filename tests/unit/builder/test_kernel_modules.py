@@ -100,6 +100,8 @@ def test_current_build_follows_fragments_and_source(tmp_path: Path) -> None:
     assert kernel.current_build(out, [fragment])
     assert kernel.current_build(out, [fragment], "6.12.1-1")
     assert not kernel.current_build(out, [fragment], "6.12.2-1")
+    fragment.write_text("# vsock, explained\nCONFIG_VSOCKETS=y\n")
+    assert kernel.current_build(out, [fragment])  # a comment changes nothing
     fragment.write_text("CONFIG_VSOCKETS=y\nCONFIG_VIRTIO_VSOCKETS=y\n")
     assert not kernel.current_build(out, [fragment])
     (out / kernel.STAMP).write_text("not json")
