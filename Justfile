@@ -44,9 +44,10 @@ fmt: setup
     ruff format agent tests protocols
     ruff check --fix agent tests protocols
 
-# Every test tier (lint, unit, integration, vm) with stage timings and one summary line.
+# Every test tier (lint, our guest kernel when not cached, unit, integration, vm), with stage
+# timings and one summary line.
 test: setup
-    {{python}} tests/run_tiers.py lint unit integration vm
+    {{python}} tests/run_tiers.py lint kernel unit integration vm
 
 # One tier only: unit, integration or vm (extra arguments go to pytest).
 test-tier tier *args: setup

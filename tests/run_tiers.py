@@ -1,6 +1,8 @@
 """Run test stages in order, print each stage's time and one closing summary line.
 
-Usage: run_tiers.py STAGE... [-- PYTEST_ARGS...]   (stages: lint, unit, integration, vm)
+Usage: run_tiers.py STAGE... [-- PYTEST_ARGS...]
+Stages: lint, kernel (build our guest kernel unless the cache holds it built from the
+current kernel-config/; the VM tier boots it), unit, integration, vm.
 
 Every stage runs even when an earlier one failed, so one CI run shows all breakage.
 The last line is ``tests: N passed, N failed, N skipped`` over all pytest stages.
@@ -23,8 +25,15 @@ LINT = [
 ]
 
 
-def run_lint() -> bool:
-    return all(subprocess.run(cmd, cwd=ROOT).returncode == 0 for cmd in LINT)
+KATA_IMAGE = str(Path(PYTHON).parent / "kata-image")
+KERNEL = [
+    [KATA_IMAGE, "setup"],
+    [KATA_IMAGE, "kernel", "--source", "build", "--output", str(ROOT / "build" / "kernel")],
+]
+
+
+def run_all(commands: list[list[str]]) -> bool:
+    return all(subprocess.run(cmd, cwd=ROOT).returncode == 0 for cmd in commands)
 
 
 def run_pytest(tier: str, extra: list[str], report: Path) -> tuple[bool, dict[str, int]]:
@@ -55,7 +64,9 @@ def main(argv: list[str]) -> int:
         print(f"\n===== stage {stage} =====", flush=True)
         t0 = time.monotonic()
         if stage == "lint":
-            ok = run_lint()
+            ok = run_all(LINT)
+        elif stage == "kernel":
+            ok = run_all(KERNEL)
         else:
             ok, counts = run_pytest(stage, extra, reports / f"{stage}.xml")
             for key, value in counts.items():
