@@ -27,7 +27,6 @@ from pathlib import Path
 
 from pykata.builder import build
 from pykata.builder.stages import Stages
-from pykata.host.ctl.share import make_shared_mount, remove_shared_mount
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.runner import VM
 from pykata.host.vm.state import VMState
@@ -81,34 +80,28 @@ async def main_async(boots: int, runs: int) -> None:
         os.environ["XDG_RUNTIME_DIR"] = str(work / "xdg")
         rootfs = make_busybox_rootfs(work / "rootfs")
         shared = work / "shared"
-        make_shared_mount(shared)
-        try:
-            healthy: list[float] = []
-            announced: list[float] = []
-            vm_runs: list[float] = []
-            for n in range(boots):
-                vm, to_announce, to_health = await boot(guest, work / f"vm{n}", shared)
-                try:
-                    healthy.append(to_health)
-                    announced.append(to_announce)
-                    if n == 0:
-                        VMState(
-                            name=vm.name,
-                            agent_address=vm.agent_address,
-                            shared_dir=str(shared),
-                            console_log=str(vm.console_log),
-                            workdir=str(vm.workdir),
-                            accel=str(vm.accel),
-                            pids=vm.pids,
-                        ).save()
-                        vm_runs = await asyncio.to_thread(
-                            timed_runs, ["--vm", vm.name], rootfs, runs
-                        )
-                    accel = vm.accel
-                finally:
-                    await vm.stop()
-        finally:
-            remove_shared_mount(shared)
+        healthy: list[float] = []
+        announced: list[float] = []
+        vm_runs: list[float] = []
+        for n in range(boots):
+            vm, to_announce, to_health = await boot(guest, work / f"vm{n}", shared)
+            try:
+                healthy.append(to_health)
+                announced.append(to_announce)
+                if n == 0:
+                    VMState(
+                        name=vm.name,
+                        agent_address=vm.agent_address,
+                        shared_dir=str(shared),
+                        console_log=str(vm.console_log),
+                        workdir=str(vm.workdir),
+                        accel=str(vm.accel),
+                        pids=vm.pids,
+                    ).save()
+                    vm_runs = await asyncio.to_thread(timed_runs, ["--vm", vm.name], rootfs, runs)
+                accel = vm.accel
+            finally:
+                await vm.stop()
         host_runs = await asyncio.to_thread(host_agent_runs, work, rootfs, runs)
     vm_median, host_median = statistics.median(vm_runs), statistics.median(host_runs)
     print(f"date {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, {accel}")

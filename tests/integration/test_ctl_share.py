@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 from pykata.host.ctl.errors import UsageError
-from pykata.host.ctl.share import (
-    make_shared_mount,
-    propagates,
-    remove_shared_mount,
-    share_rootfs,
-    unshare_rootfs,
-)
+from pykata.host.ctl.share import share_rootfs, unshare_rootfs
 from pykata.host.ctl.target import Target
+from pykata.host.vm.sharedfs import make_shared_mount, propagates, remove_shared_mount
 
 pytestmark = pytest.mark.root
 

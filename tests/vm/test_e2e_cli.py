@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from pykata.builder.build import Result
-from pykata.host.ctl.share import is_mount_point
 from pykata.host.rootfs import make_busybox_rootfs
+from pykata.host.vm.sharedfs import is_mount_point
 
 pytestmark = [
     pytest.mark.vm,

@@ -26,12 +26,7 @@ import pytest_asyncio
 from pykata.builder.build import Result
 from pykata.host.ctl.run import HOSTNAME, SHARED_STORAGE
 from pykata.host.ctl.session import Session, open_session
-from pykata.host.ctl.share import (
-    make_shared_mount,
-    remove_shared_mount,
-    share_rootfs,
-    unshare_rootfs,
-)
+from pykata.host.ctl.share import share_rootfs, unshare_rootfs
 from pykata.host.ctl.spec import ProcessOptions, build_process, build_spec
 from pykata.host.ctl.target import Target
 from pykata.host.rootfs import make_busybox_rootfs
@@ -155,19 +150,10 @@ def runtime_dir(workdir: Path) -> Iterator[Path]:
         yield workdir / "xdg"
 
 
-@pytest.fixture(scope="module")
-def shared_dir(workdir: Path) -> Iterator[Path]:
-    folder = workdir / "shared"
-    make_shared_mount(folder)
-    yield folder
-    remove_shared_mount(folder)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def vm(
-    guest_artifacts: Result, workdir: Path, shared_dir: Path, runtime_dir: Path
-) -> AsyncIterator[VM]:
+async def vm(guest_artifacts: Result, workdir: Path, runtime_dir: Path) -> AsyncIterator[VM]:
     name = f"e2e-{os.getpid()}"
+    shared_dir = workdir / "shared"
     machine = VM(
         guest_artifacts.kernel,
         guest_artifacts.artifact,

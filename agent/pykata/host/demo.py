@@ -20,12 +20,7 @@ from pykata.builder import build
 from pykata.builder.stages import BuildError, Stages
 from pykata.host.ctl.run import HOSTNAME, SHARED_STORAGE
 from pykata.host.ctl.session import Session, open_session
-from pykata.host.ctl.share import (
-    make_shared_mount,
-    remove_shared_mount,
-    share_rootfs,
-    unshare_rootfs,
-)
+from pykata.host.ctl.share import share_rootfs, unshare_rootfs
 from pykata.host.ctl.spec import ProcessOptions, build_process, build_spec
 from pykata.host.ctl.stdio import ProcessIO
 from pykata.host.ctl.target import Target
@@ -172,8 +167,7 @@ async def demo(stages: Stages, work: Path) -> None:
     with stages.stage("busybox rootfs"):
         rootfs = make_busybox_rootfs(work / "rootfs")
     shared = default_shared_dir(NAME)
-    release_shared(shared)  # what an interrupted earlier run may have left
-    make_shared_mount(shared)
+    remove_container_root(shared)  # what an interrupted earlier run may have left
     try:
         async with VM(
             guest.kernel, guest.artifact, shared_dir=shared, workdir=work / "vm", name=NAME
@@ -186,18 +180,18 @@ async def demo(stages: Stages, work: Path) -> None:
                 print("\n".join(lines[-30:]), file=sys.stderr)
                 raise
     finally:
-        release_shared(shared)
+        # The VM's stop unmounted the folder, a container root left below it included.
+        remove_container_root(shared)
+        # rmdir, never a recursive delete: a mount left below would take the host folder along.
+        for folder in (shared, shared.parent):
+            with contextlib.suppress(FileNotFoundError):
+                folder.rmdir()
 
 
-def release_shared(shared: Path) -> None:
-    remove_shared_mount(shared)
+def remove_container_root(shared: Path) -> None:
     leftover = shared / CONTAINER / "rootfs"
     if leftover.exists():
         unshare_rootfs(leftover)
-    # rmdir, never a recursive delete: a mount left below would take the host folder along.
-    for folder in (shared, shared.parent):
-        with contextlib.suppress(FileNotFoundError):
-            folder.rmdir()
 
 
 def main() -> int:

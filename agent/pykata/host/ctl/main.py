@@ -25,10 +25,8 @@ from pykata.host.ctl.logs import print_console, print_vsock_log
 from pykata.host.ctl.methods import METHODS
 from pykata.host.ctl.run import ProcessRequest, exec_process, run_container
 from pykata.host.ctl.session import open_session
-from pykata.host.ctl.share import make_shared_mount, remove_shared_mount
 from pykata.host.ctl.state import StateFile
 from pykata.host.ctl.target import Target, address_target, vm_target
-from pykata.host.vm import state as vm_state
 from pykata.ttrpc.addresses import parse_address
 from pykata.ttrpc.errors import TtrpcError
 
@@ -212,24 +210,13 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def run_vm_verb(args: argparse.Namespace) -> int:
-    """`vm up|down|status`, with the shared folder's mount propagation around them: the VM
-    runner does not prepare it (yet), and without it `run` could not reach virtiofsd."""
-    shared: Path | None = None
+    """`vm up|down|status`; a VM that went down takes the CLI's records of its containers."""
     containers: StateFile | None = None
-    with contextlib.suppress(FileNotFoundError, ValueError, UsageError):  # the handler says
-        if args.vm_verb == "up":
-            vm_state.vm_dir(args.name)  # validates the name
-            shared = args.shared_dir or vm_state.default_shared_dir(args.name)
-            make_shared_mount(shared)
-        elif args.vm_verb == "down":
-            shared = Path(vm_state.load(args.name).shared_dir)
+    if args.vm_verb == "down":
+        with contextlib.suppress(UsageError):  # no such VM: the handler says so
             containers = StateFile.of(vm_target(args.name).name)
     code = int(args.vm_handler(args))
-    failed_up = args.vm_verb == "up" and code != ExitCode.OK
-    stopped = args.vm_verb == "down" and code == ExitCode.OK
-    if shared is not None and (failed_up or stopped):
-        remove_shared_mount(shared)
-    if containers is not None and stopped:
+    if containers is not None and code == ExitCode.OK:
         containers.remove()  # what `run` recorded died with the VM
     return code
 

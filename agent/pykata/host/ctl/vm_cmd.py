@@ -140,7 +140,9 @@ async def down(name: str, powerdown_timeout: float) -> int:
     except FileNotFoundError:
         print(f"kata-agent-ctl vm down: no VM named {name}", file=sys.stderr)
         return 2
-    await stop_detached(Path(vm_state.workdir), vm_state.pids, powerdown_timeout)
+    await stop_detached(
+        Path(vm_state.workdir), vm_state.pids, Path(vm_state.shared_dir), powerdown_timeout
+    )
     vm_state.remove()
     print(f"VM {name} down")
     return 0

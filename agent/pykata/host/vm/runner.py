@@ -5,9 +5,12 @@
         client = await Client.connect(vm.agent_address)
 
 Processes: virtiofsd (when a shared folder is given), our vhost-user-vsock back-end (when
-the host has no /dev/vhost-vsock), QEMU. Every process and socket goes away on ``stop()``,
-which the context manager also runs on errors, test failures and Ctrl-C (cancellation).
-Non-detached children also die with their parent (PR_SET_PDEATHSIG).
+the host has no /dev/vhost-vsock), QEMU. The shared folder becomes a mount point with shared
+propagation before virtiofsd starts (sharedfs), so container roots mounted below it later
+reach the guest. Every process, socket and that mount goes away on ``stop()``, which the
+context manager also runs on errors, test failures and Ctrl-C (cancellation); for a detached
+VM, ``stop_detached()`` does it. Non-detached children also die with their parent
+(PR_SET_PDEATHSIG); the mount of a killed parent stays until the next start or stop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import BinaryIO
 
 from pykata.host.vm import qemu, virtiofsd
 from pykata.host.vm.kvm import kvm_works
+from pykata.host.vm.sharedfs import make_shared_mount, remove_shared_mount
 from pykata.host.vm.state import AGENT_PORT, process_alive
 
 log = logging.getLogger(__name__)
@@ -193,7 +197,7 @@ class VM:
 
     async def _start_virtiofsd(self) -> Path:
         assert self.shared_dir is not None
-        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        make_shared_mount(self.shared_dir)
         socket = self.workdir / "virtiofsd.sock"
         proc = self._spawn("virtiofsd", virtiofsd.command(socket, self.shared_dir))
         deadline = time.monotonic() + self.start_timeout
@@ -280,7 +284,8 @@ class VM:
             writer.close()
 
     async def stop(self, powerdown_timeout: float = 0.0) -> None:
-        """Power off (ACPI, if a timeout is given), then quit QEMU; stop the helpers."""
+        """Power off (ACPI, if a timeout is given), then quit QEMU; stop the helpers, then
+        remove the shared folder's mount (with any container root left below it)."""
         qemu_proc = self.procs.get("qemu")
         if qemu_proc is not None and qemu_proc.poll() is None:
             qmp_socket = self.workdir / "qmp.sock"
@@ -300,6 +305,8 @@ class VM:
             f.close()
         self._logs.clear()
         remove_sockets(self.workdir)
+        if self.shared_dir is not None:
+            remove_shared_mount(self.shared_dir)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -325,9 +332,10 @@ async def _terminate(proc: subprocess.Popen[bytes], exits_alone: float) -> None:
 
 
 async def stop_detached(
-    workdir: Path, pids: dict[str, int], powerdown_timeout: float = 0.0
+    workdir: Path, pids: dict[str, int], shared_dir: Path, powerdown_timeout: float = 0.0
 ) -> None:
-    """Stop a VM started by another process (``vm up``) from its recorded pids."""
+    """Stop a VM started by another process (``vm up``) from its recorded pids, and remove
+    the mount its start made of the shared folder."""
     qmp_socket = workdir / "qmp.sock"
     qemu_pid = pids.get("qemu")
     if qemu_pid is not None and process_alive(qemu_pid, workdir):
@@ -348,6 +356,7 @@ async def stop_detached(
             if not await _wait_pid(pid, workdir, grace):
                 break
     remove_sockets(workdir)
+    remove_shared_mount(shared_dir)
 
 
 async def _wait_pid(pid: int, workdir: Path, seconds: float) -> bool:
