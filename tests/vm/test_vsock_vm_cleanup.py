@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from guest_echo.build import GuestImage, build_guest
+from pykata.host.vm.sharedfs import is_mount_point, remove_shared_mount
 
 pytestmark = [
     pytest.mark.vm,
@@ -49,6 +50,9 @@ def guest() -> GuestImage:
 def workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="pykata-cleanup-") as tmp:
         yield Path(tmp)
+        # A killed user leaves the shared folder's mount behind (nothing of ours is left to
+        # remove it; a next start would reuse it): unmounted, the folder can be deleted.
+        remove_shared_mount(Path(tmp) / "shared")
 
 
 def start_user(guest: GuestImage, workdir: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
@@ -89,6 +93,7 @@ def test_ctrl_c_stops_every_process_and_removes_sockets(guest: GuestImage, workd
     assert proc.wait(timeout=60) != 0  # KeyboardInterrupt after the cleanup
     assert gone(pids, within=0) == []
     assert not list((workdir / "vm").glob("*.sock"))
+    assert not is_mount_point(workdir / "shared")
     assert (workdir / "vm" / "console.log").exists()
 
 
