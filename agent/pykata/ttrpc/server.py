@@ -150,12 +150,10 @@ class _Connection(asyncio.Protocol):
             self._send_error(stream_id, Code.INVALID_ARGUMENT, f"stream {stream_id} is in use")
             return
         methods = self._services.get(request.service)
-        if methods is None:
-            self._send_error(stream_id, Code.UNIMPLEMENTED, f"service {request.service}")
-            return
-        method = methods.get(request.method)
+        method = methods.get(request.method) if methods is not None else None
         if method is None:
-            self._send_error(stream_id, Code.UNIMPLEMENTED, f"method {request.method}")
+            message = self._server._services.unrouted(request.service, request.method)
+            self._send_error(stream_id, Code.UNIMPLEMENTED, message)
             return
         task = _start_task(
             self._run(stream_id, method, request.payload, request.timeout_nano), self._loop

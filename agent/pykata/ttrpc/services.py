@@ -26,12 +26,14 @@ class ServiceSet:
 
     def __init__(self) -> None:
         self.services: dict[str, dict[str, Method]] = {}
+        self._declared: dict[str, frozenset[str]] = {}
 
     def register(self, service: ServiceDescriptor, *handlers: object) -> None:
         """Route each RPC of service to the first handler object with a method of its name.
 
         RPCs none of them provide stay unregistered and answer UNIMPLEMENTED.
         """
+        self._declared[service.full_name] = frozenset(rpc.name for rpc in service.methods)
         name = service.full_name
         if name in self.services:
             raise ValueError(f"service {name} is already registered")
@@ -53,3 +55,12 @@ class ServiceSet:
                 )
                 break
         self.services[name] = methods
+
+    def unrouted(self, service: str, method: str) -> str:
+        """The UNIMPLEMENTED message for a request no handler serves: Go's plain wording
+        for unknown names, and a clearer one for an RPC of the service we do not implement."""
+        if service not in self.services:
+            return f"service {service}"
+        if method in self._declared[service]:
+            return f"{service}/{method} is not implemented by this server"
+        return f"method {method}"
