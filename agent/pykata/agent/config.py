@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -227,6 +226,8 @@ TOML_KEYS: dict[str, Callable[[Any], Any]] = {
 
 
 def parse_toml(text: str, config: AgentConfig, origin: str) -> None:
+    import tomllib  # only with a config file; most guests are configured on the command line
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

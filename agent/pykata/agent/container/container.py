@@ -7,7 +7,6 @@ import contextlib
 import enum
 import logging
 import os
-import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -89,7 +88,8 @@ class Container:
         if process.terminal:
             os.makedirs(STATE_ROOT, exist_ok=True)
             # Short path: a unix socket path must fit in 108 bytes, container ids are long.
-            console = ConsoleSocket(os.path.join(STATE_ROOT, f"tty-{secrets.token_hex(8)}.sock"))
+            # os.urandom is what secrets.token_hex uses, without secrets' hmac/random imports.
+            console = ConsoleSocket(os.path.join(STATE_ROOT, f"tty-{os.urandom(8).hex()}.sock"))
         else:
             stdio = process.pipes(self.pipe_size)
         try:

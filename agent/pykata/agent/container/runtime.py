@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 from typing import Any
 
 from pykata.agent.mount import fstype_of
@@ -169,6 +168,8 @@ class OciRuntime:
 
         crun 1.8, for one, refuses a hybrid cgroup v1/v2 layout; only trying tells.
         """
+        import tempfile  # once per agent, at the first container: it pulls in random, hashlib
+
         os.makedirs(STATE_ROOT, exist_ok=True)
         probe_id = f"kata-agent-probe-{os.getpid()}"
         with tempfile.TemporaryDirectory(dir=STATE_ROOT, prefix="probe-") as bundle:

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import empty_pb2
 
 from pykata.agent.cgroups.stats import network_stats
 from pykata.agent.container.bundle import Bundle
@@ -122,6 +122,9 @@ class ContainerHandlers:
     async def StatsContainer(
         self, request: agent_pb2.StatsContainerRequest
     ) -> agent_pb2.StatsContainerResponse:
+        # Only stats need the JSON mapping: imported at start it costs 0.3 MiB of RSS.
+        from google.protobuf import json_format
+
         container = self.sandbox.get_container(request.container_id)
         response = agent_pb2.StatsContainerResponse()
         json_format.ParseDict(dataclasses.asdict(container.cgroup.stats()), response.cgroup_stats)
