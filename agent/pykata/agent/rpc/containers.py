@@ -122,14 +122,14 @@ class ContainerHandlers:
     async def StatsContainer(
         self, request: agent_pb2.StatsContainerRequest
     ) -> agent_pb2.StatsContainerResponse:
-        # Only stats need the JSON mapping: imported at start it costs 0.3 MiB of RSS.
-        from google.protobuf import json_format
-
         container = self.sandbox.get_container(request.container_id)
-        response = agent_pb2.StatsContainerResponse()
-        json_format.ParseDict(dataclasses.asdict(container.cgroup.stats()), response.cgroup_stats)
+        # Message constructors take the nested dicts as they are; json_format.ParseDict would
+        # cost 0.3 MiB of RSS for the same result.
+        response = agent_pb2.StatsContainerResponse(
+            cgroup_stats=agent_pb2.CgroupStats(**dataclasses.asdict(container.cgroup.stats()))
+        )
         for stats in network_stats():
-            json_format.ParseDict(dataclasses.asdict(stats), response.network_stats.add())
+            response.network_stats.add(**dataclasses.asdict(stats))
         return response
 
     async def GetOOMEvent(self, request: agent_pb2.GetOOMEventRequest) -> agent_pb2.OOMEvent:
