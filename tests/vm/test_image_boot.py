@@ -109,6 +109,8 @@ def test_initrd_boots_agent_as_pid1(
     (announce,) = [r for r in records if r["msg"] == "announce"]
     assert announce.get("pid") == 1
     assert announce.get("name") == "kata-agent"
+    (ready,) = [r for r in records if r["msg"] == READY]
+    assert ready.get("protobuf") == "upb"  # the C backend loads (it needs libstdc++)
     # modprobe of the modules the builder picked (and their dependencies) succeeded.
     assert errors(records) == []
 
