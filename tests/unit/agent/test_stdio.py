@@ -29,6 +29,30 @@ async def test_reads_are_bounded_and_eof_is_empty() -> None:
     stream.close()
 
 
+async def test_a_stream_being_read_is_drained_only_once_its_reader_saw_eof() -> None:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    stream = OutputStream(r)
+    os.write(w, b"last")
+    os.close(w)
+    assert await stream.read(4) == b"last"
+    await stream.finish()
+    # Everything is read and EOF is reached, but the reader has not been told: releasing the
+    # process now would turn its next read into NOT_FOUND instead of EOF.
+    assert not stream.drained
+    assert await stream.read(4) == b""
+    assert stream.drained
+    stream.close()
+
+
+async def test_a_stream_nobody_reads_is_drained_at_eof() -> None:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    stream = OutputStream(r)
+    os.close(w)
+    await stream.finish()
+    assert stream.drained
+    stream.close()
+
+
 async def test_exit_reports_eof_although_a_grandchild_keeps_the_pipe() -> None:
     r, w = os.pipe2(os.O_CLOEXEC)
     stream = OutputStream(r)

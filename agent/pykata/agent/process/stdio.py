@@ -39,6 +39,9 @@ class OutputStream:
         self._eof = False
         self._closed = False
         self._reading = False
+        # Whether a reader has asked for data, and whether one has been answered EOF.
+        self._read_started = False
+        self._eof_delivered = False
         self._limit: int | None = HIGH_WATER
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -104,14 +107,22 @@ class OutputStream:
 
     @property
     def drained(self) -> bool:
-        """EOF reached and everything read (or the stream closed)."""
-        return self._closed or (self._eof and not self._buffer)
+        """Nothing left for anyone: EOF reached, everything read and, if someone reads this
+        stream, that reader told EOF (else its next read would find the process released);
+        or the stream closed."""
+        if self._closed:
+            return True
+        return self._eof and not self._buffer and (self._eof_delivered or not self._read_started)
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; b"" only at EOF."""
+        self._read_started = True
         while not self._buffer and not self._eof:
             self._changed.clear()
             await self._changed.wait()
+        if not self._buffer:
+            self._eof_delivered = True
+            return b""
         chunk = bytes(self._buffer[:size])
         del self._buffer[:size]
         if self._limit is None or len(self._buffer) < self._limit // 2:
