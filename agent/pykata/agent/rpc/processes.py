@@ -18,6 +18,7 @@ from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
     from pykata.agent.container.container import Container
+    from pykata.agent.process.stdio import OutputStream
     from pykata.agent.sandbox import Sandbox
 
 log = logging.getLogger("kata-agent.processes")
@@ -90,10 +91,7 @@ class ProcessHandlers:
         process = container.find_output(request.exec_id)
         if process.stdout is None:
             raise FailedPrecondition("the process has no stdout")
-        data = await process.stdout.read(_size(request.len))
-        if not data:
-            await _release_if_drained(container, process)
-        return agent_pb2.ReadStreamResponse(data=data)
+        return await _read(container, process, process.stdout, request.len)
 
     async def ReadStderr(
         self, request: agent_pb2.ReadStreamRequest
@@ -103,10 +101,7 @@ class ProcessHandlers:
         if process.stderr is None:
             # A terminal merges stderr into stdout: there is nothing to read here.
             return agent_pb2.ReadStreamResponse()
-        data = await process.stderr.read(_size(request.len))
-        if not data:
-            await _release_if_drained(container, process)
-        return agent_pb2.ReadStreamResponse(data=data)
+        return await _read(container, process, process.stderr, request.len)
 
     async def WriteStdin(
         self, request: agent_pb2.WriteStreamRequest
@@ -137,6 +132,15 @@ class ProcessHandlers:
             raise FailedPrecondition("the process has exited")
         set_window_size(process.tty_master, request.row, request.column)
         return empty_pb2.Empty()
+
+
+async def _read(
+    container: Container, process: Process, stream: OutputStream, requested: int
+) -> agent_pb2.ReadStreamResponse:
+    data = await stream.read(_size(requested))
+    if not data:
+        await _release_if_drained(container, process)
+    return agent_pb2.ReadStreamResponse(data=data)
 
 
 async def _release_if_drained(container: Container, process: Process) -> None:
