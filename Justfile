@@ -35,14 +35,14 @@ proto: setup
 
 # ruff (lint + format check) and mypy.
 lint: setup
-    ruff check agent tests protocols
-    ruff format --check agent tests protocols
+    ruff check agent host rootfs-builder tests protocols
+    ruff format --check agent host rootfs-builder tests protocols
     mypy
 
 # Format the code in place.
 fmt: setup
-    ruff format agent tests protocols
-    ruff check --fix agent tests protocols
+    ruff format agent host rootfs-builder tests protocols
+    ruff check --fix agent host rootfs-builder tests protocols
 
 # Every test tier (lint, our guest kernel when not cached, unit, integration, vm), with stage
 # timings and one summary line.
@@ -87,3 +87,7 @@ bench-vsock *args: setup
 # End to end: TCG boot to the first Health.Check; `kata-agent-ctl run` of `true`, VM vs host agent.
 bench-e2e *args: setup
     {{python}} tests/bench/bench_e2e.py {{args}}
+
+# Go ttRPC interop peer (containerd's ttrpc from Debian) into ~/.cache/pykata/go-ttrpc/.
+peer-go-ttrpc *args:
+    {{python}} tests/peers/go-ttrpc/build.py {{args}}

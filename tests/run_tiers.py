@@ -18,9 +18,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+SOURCES = ["agent", "host", "rootfs-builder", "tests", "protocols"]
 LINT = [
-    [PYTHON, "-m", "ruff", "check", "agent", "tests", "protocols"],
-    [PYTHON, "-m", "ruff", "format", "--check", "agent", "tests", "protocols"],
+    [PYTHON, "-m", "ruff", "check", *SOURCES],
+    [PYTHON, "-m", "ruff", "format", "--check", *SOURCES],
     [PYTHON, "-m", "mypy"],
 ]
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "vm"))
 
 from guest_echo.build import build_guest  # noqa: E402
+
 from pykata.host.vm.runner import VM  # noqa: E402
 
 CHUNK = 1 << 20

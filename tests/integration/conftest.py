@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Client

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pykata
 import pytest
+
+from pykata.agent.version import API_VERSION, VERSION
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc.errors import Unimplemented
 
@@ -20,8 +21,8 @@ async def test_check_serving(health: Any) -> None:
 
 async def test_version(health: Any) -> None:
     resp = await health.Version(health_pb2.CheckRequest())
-    assert resp.agent_version == pykata.__version__
-    assert resp.grpc_version == pykata.API_VERSION
+    assert resp.agent_version == VERSION
+    assert resp.grpc_version == API_VERSION
 
 
 async def test_unimplemented_rpc_answers_unimplemented(agent: Any) -> None:
@@ -38,7 +39,7 @@ def test_announce_is_the_first_json_log_line(
     assert record["name"] == "kata-agent"
     assert record["source"] == "agent"
     assert record["pid"] == agent_process.pid
-    assert record["agent-version"] == pykata.__version__
+    assert record["agent-version"] == VERSION
     assert record["config"]["server_addr"].startswith("unix://@pykata-it-")
     assert record["config"]["log_level"] == "debug"
 

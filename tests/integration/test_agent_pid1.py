@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pykata.protocols import agent_pb2
 
 pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare(1) missing")

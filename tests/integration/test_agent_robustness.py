@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Client
 from pykata.ttrpc.errors import TtrpcError, Unavailable

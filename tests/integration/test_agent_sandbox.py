@@ -13,6 +13,7 @@ import subprocess
 from typing import Any
 
 import pytest
+
 from pykata.agent.mount import mount_points
 from pykata.protocols import agent_pb2
 from pykata.ttrpc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound

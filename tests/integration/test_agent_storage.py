@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from pykata.agent.mount import fstype_of, mount_points
 from pykata.agent.storage import bind
 from pykata.agent.storage.manager import StorageManager, StorageSpec

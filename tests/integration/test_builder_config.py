@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pykata.builder import apt, build, hosttools, kconfig, kernel, layout, mkosi
 from pykata.builder.stages import BuildError, Stages
 

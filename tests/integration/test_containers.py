@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pykata.agent.mount import MS_BIND, mount, mount_points, umount_all
 from pykata.agent.rpc.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2

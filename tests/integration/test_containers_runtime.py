@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from pykata.agent.container.runtime import detect
 from pykata.agent.reaper import Reaper
 from pykata.ttrpc.errors import Unavailable

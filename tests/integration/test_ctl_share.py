@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from pykata.host.ctl.errors import UsageError
 from pykata.host.ctl.share import share_rootfs, unshare_rootfs
 from pykata.host.ctl.target import Target

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pykata.host.vm.runner import VM, VMError
 from pykata.host.vm.sharedfs import is_mount_point, make_shared_mount
 

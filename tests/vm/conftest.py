@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from pykata.builder import build, layout
 from pykata.builder.stages import Stages
 

@@ -11,6 +11,7 @@ import shutil
 import socket
 
 import pytest
+
 from pykata.builder import build
 from pykata.host.vm.runner import VM
 from pykata.ttrpc.addresses import parse_address

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pykata.builder import build
 from pykata.host.vm.runner import VM
 from pykata.protocols import agent_pb2

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from pykata.builder.build import Result
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.sharedfs import is_mount_point

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from pykata.builder.build import Result
 from pykata.host.ctl.run import HOSTNAME, SHARED_STORAGE
 from pykata.host.ctl.session import Session, open_session

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pykata.builder import build, kernel, layout
 from pykata.builder.build import Result
 from pykata.builder.stages import Stages

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from pykata.builder import build
 from pykata.builder.build import Result
 from pykata.builder.stages import Stages

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from pykata.builder import build
 from pykata.host.vm.runner import VM
 from pykata.protocols import health_pb2

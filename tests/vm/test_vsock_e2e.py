@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from guest_echo.build import build_guest
+
 from pykata.host.vm.runner import VM
 
 pytestmark = [

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from guest_echo.build import GuestImage, build_guest
+
 from pykata.host.vm.sharedfs import is_mount_point, remove_shared_mount
 
 pytestmark = [

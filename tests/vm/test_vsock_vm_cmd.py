@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from guest_echo.build import build_guest
+
 from pykata.host.ctl import vm_cmd
 from pykata.host.vm import state
 

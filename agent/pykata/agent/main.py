@@ -18,10 +18,10 @@ import sys
 import time
 from types import ModuleType
 
-import pykata
 from pykata.agent import config as agent_config
 from pykata.agent import lazyimport, log, pid1
 from pykata.agent.config import AgentConfig
+from pykata.agent.version import API_VERSION, VERSION
 
 logger = log.get("main")
 
@@ -62,8 +62,8 @@ def announce(config: AgentConfig) -> None:
     logger.info(
         "announce",
         extra={
-            "agent-version": pykata.__version__,
-            "api-version": pykata.API_VERSION,
+            "agent-version": VERSION,
+            "api-version": API_VERSION,
             "agent-type": "python",
             "init-daemon": pid1.is_pid1(),
             "config": config.public(),
@@ -88,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc}\n{USAGE}", file=sys.stderr)
         return 2
     if version:
-        print(
-            f"kata-agent version {pykata.__version__} (api version: {pykata.API_VERSION}, "
-            "type: python)"
-        )
+        print(f"kata-agent version {VERSION} (api version: {API_VERSION}, type: python)")
         return 0
     is_init = pid1.is_pid1()
     if is_init:

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from pykata.agent.cgroups import open_cgroup
 from pykata.agent.cgroups.stats import UNLIMITED, BlkioStatsEntry, network_stats
 from pykata.agent.cgroups.v1 import NS_PER_TICK, CgroupV1, parse_blkio

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from pykata.agent import config
 from pykata.agent.config import TRACE, AgentConfig
 

@@ -7,6 +7,7 @@ import os
 import socket
 
 import pytest
+
 from pykata.agent.console import SHELL, pty_session
 from pykata.agent.reaper import Reaper
 

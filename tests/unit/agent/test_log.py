@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from pykata.agent import log
 from pykata.agent.config import TRACE
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pykata.agent.main import UsageError, main, parse_args
 
 

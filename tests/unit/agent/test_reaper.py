@@ -8,6 +8,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import pytest
+
 from pykata.agent.reaper import Reaper, exit_code
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pykata.agent.container.spec import DEFAULT_PATH, cgroups_path, rewrite_spec
 from pykata.agent.rpc.oci import from_dict, json_name, to_dict
 from pykata.protocols import oci_pb2

@@ -8,6 +8,7 @@ import os
 import pty
 
 import pytest
+
 from pykata.agent.process.stdio import HIGH_WATER, InputStream, OutputStream, set_pipe_size
 
 

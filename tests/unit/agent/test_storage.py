@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from pykata.agent.mount import MS_BIND, MS_NOSUID, MS_RDONLY, MS_REC, parse_options
 from pykata.agent.rpc.storages import storage_specs
 from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec

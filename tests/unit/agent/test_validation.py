@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pykata.agent.copyfile import copy_file
 from pykata.agent.validation import (
     safe_join,

@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import pytest
+
 from pykata.builder import kconfig, layout
 from pykata.builder.main import main
 

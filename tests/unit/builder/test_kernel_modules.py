@@ -7,6 +7,7 @@ import lzma
 from pathlib import Path
 
 import pytest
+
 from pykata.builder import kernel
 from pykata.builder.stages import BuildError, Stages
 

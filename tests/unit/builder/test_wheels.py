@@ -5,7 +5,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-import pykata
+from pykata.agent.version import VERSION
 from pykata.builder import mkosi, wheels
 
 
@@ -16,7 +16,7 @@ def test_guest_requirements_are_base_plus_guest_extra() -> None:
 
 def test_install_agent_carries_no_host_or_builder_code(tmp_path: Path) -> None:
     version = wheels.install_agent(tmp_path)
-    assert version == pykata.__version__
+    assert version == VERSION
     site = tmp_path / wheels.SITE_PACKAGES / "pykata"
     present = {p.name for p in site.iterdir() if p.is_dir()}
     assert not present & {"host", "builder"}

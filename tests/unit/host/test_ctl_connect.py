@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from google.protobuf import empty_pb2
+
 from pykata.host.ctl.errors import ExitCode
 from pykata.host.ctl.main import main
 from pykata.protocols import agent_pb2, health_pb2

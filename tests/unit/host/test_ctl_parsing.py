@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import json_format
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pykata.host.ctl.body import format_response, parse_command
 from pykata.host.ctl.errors import ExitCode, UsageError, rpc_exit_code
 from pykata.host.ctl.main import main, parse_args

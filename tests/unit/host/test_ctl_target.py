@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from pykata.host.ctl.errors import UsageError
 from pykata.host.ctl.target import GUEST_SHARED_DIR, address_target, vm_target
 from pykata.host.vm.state import VMState

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from pykata.host.rootfs import BUSYBOX, make_busybox_rootfs
 
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static not installed")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from pykata.host.vsock import vhost_user as vu
 from pykata.host.vsock.muxer import write_packet
 from pykata.host.vsock.packet import HEADER_SIZE, Header, Op

@@ -9,11 +9,12 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from vsock_guest import GUEST_CID, RX_DATA, Rig, deadline, open_rig
+
 from pykata.host.vsock import muxer as muxer_module
 from pykata.host.vsock import vhost_user as vu
 from pykata.host.vsock.muxer import BUF_ALLOC, FIRST_LOCAL_PORT
 from pykata.host.vsock.packet import HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, Op
-from vsock_guest import GUEST_CID, RX_DATA, Rig, deadline, open_rig
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pykata.host.vsock.packet import SHUTDOWN_SEND, Op
 from vsock_guest import Rig, open_rig
+
+from pykata.host.vsock.packet import SHUTDOWN_SEND, Op
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EXAMPLE_DEADLINE = 15.0  # a stall fails the example (a whole run takes ~5 s)

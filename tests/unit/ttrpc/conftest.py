@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from pykata.ttrpc import Server
 from scripted_health import HEALTH, ScriptedHealth
+
+from pykata.ttrpc import Server
 
 
 @pytest.fixture

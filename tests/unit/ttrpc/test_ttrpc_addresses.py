@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pykata.ttrpc.addresses import (
     VMADDR_CID_ANY,
     HvsockAddress,

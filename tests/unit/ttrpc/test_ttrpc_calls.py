@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from raw_wire import frame, open_raw, read_response
+from scripted_health import HEALTH, ScriptedHealth
+
 from pykata.protocols import health_pb2, ttrpc_pb2
 from pykata.ttrpc import Client, Server
 from pykata.ttrpc.errors import (
@@ -19,8 +22,6 @@ from pykata.ttrpc.errors import (
     Unknown,
 )
 from pykata.ttrpc.framing import MAX_PAYLOAD
-from raw_wire import frame, open_raw, read_response
-from scripted_health import HEALTH, ScriptedHealth
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from scripted_health import HEALTH, ScriptedHealth
+
 from pykata.protocols import health_pb2, ttrpc_pb2
 from pykata.ttrpc import Client, Server, dialing
 from pykata.ttrpc.errors import DeadlineExceeded, Unavailable
 from pykata.ttrpc.framing import HEADER, HEADER_SIZE
-from scripted_health import HEALTH, ScriptedHealth
 
 CHECK = health_pb2.CheckRequest()
 

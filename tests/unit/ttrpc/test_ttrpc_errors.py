@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pykata.ttrpc as ttrpc
 import pytest
+
+import pykata.ttrpc as ttrpc
 from pykata.ttrpc.errors import Code, TtrpcError, error_for_status, status_for_exception
 
 

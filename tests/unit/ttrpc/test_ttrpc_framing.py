@@ -6,6 +6,7 @@ import asyncio
 import socket
 
 import pytest
+
 from pykata.ttrpc.framing import (
     HEADER_SIZE,
     MAX_PAYLOAD,

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from pykata.protocols import health_pb2, ttrpc_pb2
 from pykata.ttrpc import Server
 from pykata.ttrpc.errors import Code

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from raw_wire import frame, open_raw, read_response, request
+from scripted_health import HEALTH
+
 from pykata.protocols import health_pb2
 from pykata.ttrpc import Client
 from pykata.ttrpc.errors import Code
 from pykata.ttrpc.framing import MAX_PAYLOAD, FrameType
-from raw_wire import frame, open_raw, read_response, request
-from scripted_health import HEALTH
 
 REQ = FrameType.REQUEST
 CHECK = request("grpc.Health", "Check", health_pb2.CheckRequest().SerializeToString())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pykata
+from pykata.agent.version import API_VERSION, VERSION
 from pykata.protocols import health_pb2
 
 
@@ -11,6 +11,4 @@ class HealthHandlers:
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
     async def Version(self, request: health_pb2.CheckRequest) -> health_pb2.VersionCheckResponse:
-        return health_pb2.VersionCheckResponse(
-            grpc_version=pykata.API_VERSION, agent_version=pykata.__version__
-        )
+        return health_pb2.VersionCheckResponse(grpc_version=API_VERSION, agent_version=VERSION)

@@ -7,13 +7,13 @@ import os
 
 from google.protobuf import empty_pb2
 
-import pykata
 from pykata.agent import copyfile, guest, log, metrics
 from pykata.agent.mount import mount_points
 from pykata.agent.rpc.storages import storage_specs
 from pykata.agent.sandbox import KernelModule, Sandbox
 from pykata.agent.storage import ephemeral
 from pykata.agent.validation import validate_under
+from pykata.agent.version import VERSION
 from pykata.protocols import agent_pb2, csi_pb2
 from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -64,7 +64,7 @@ class SandboxHandlers:
             mem_block_size_bytes=block_size,
             support_mem_hotplug_probe=req.mem_hotplug_probe and guest.supports_memory_probe(),
             agent_details=agent_pb2.AgentDetails(
-                version=pykata.__version__,
+                version=VERSION,
                 init_daemon=os.getpid() == 1,
                 device_handlers=[],
                 storage_handlers=self.sandbox.storages.driver_names,

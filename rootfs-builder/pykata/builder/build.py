@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pykata
 from pykata.builder import apt, disk, hosttools, kconfig, kernel, layout, manifest, mkosi, wheels
 from pykata.builder.stages import BuildError, Stages
 
@@ -34,7 +33,7 @@ IMAGE_BOOT_OPTIONS = ("CONFIG_VIRTIO_BLK", "CONFIG_EXT4_FS", "CONFIG_VIRTIO_PCI"
 class Options:
     flavour: str = "initrd"
     kernel_source: str = "debian"
-    output: Path = layout.CHECKOUT / "build"
+    output: Path = Path("build")
     clean: bool = False
     mirror: str | None = None
 
@@ -97,16 +96,11 @@ def input_hash(options: Options, kern: kernel.Kernel, tool: mkosi.Mkosi, wheel_d
         *sorted(p.name for p in wheel_dir.glob("*.whl")),
     ):
         digest.update(text.encode() + b"\0")
-    checkout = layout.CHECKOUT
-    _hash_files(digest, checkout, list(layout.ROOTFS_BUILDER.rglob("*")))
-    _hash_files(digest, checkout, list(layout.SYSTEMD_UNITS.rglob("*")))
-    _hash_files(digest, checkout, [layout.DEBIAN_MODULES])
-    package = Path(pykata.__file__).parent
+    for data in (layout.MKOSI_CONFIG, layout.KERNEL_CONFIG, layout.SYSTEMD_UNITS):
+        _hash_files(digest, layout.DATA, list(data.rglob("*")))
     # The guest's Python code, and this builder's, which decides what goes where.
-    guest = [package / "__init__.py"]
-    for name in (*wheels.GUEST_PACKAGES, "builder"):
-        guest += list((package / name).rglob("*.py"))
-    _hash_files(digest, package.parent, guest)
+    for package in (*wheels.guest_package_dirs(), Path(__file__).parent):
+        _hash_files(digest, package.parent, list(package.rglob("*.py")))
     return digest.hexdigest()
 
 
@@ -140,7 +134,7 @@ def mkosi_args(tool: mkosi.Mkosi, flavour: str, sandbox: Path) -> list[str | Pat
     """mkosi with our configuration, a flavour's profile, apt sources and caches."""
     cache = layout.cache_root() / "mkosi"
     return [
-        *tool.argv, "--directory", layout.ROOTFS_BUILDER, "--profile", flavour,
+        *tool.argv, "--directory", layout.MKOSI_CONFIG, "--profile", flavour,
         "--sandbox-tree", sandbox,
         # One incremental cache per flavour: their package sets differ.
         "--cache-directory", cache / flavour,
@@ -185,7 +179,6 @@ def _build(options: Options, stages: Stages) -> Result:
         raise BuildError(f"unknown flavour {options.flavour!r} (choose from {FLAVOURS})")
     if options.kernel_source not in KERNEL_SOURCES:
         raise BuildError(f"unknown kernel source {options.kernel_source!r}")
-    layout.check_checkout()
     t0 = time.monotonic()
     cache = layout.cache_root()
     output = options.output
@@ -213,9 +206,6 @@ def _build(options: Options, stages: Stages) -> Result:
     if not options.clean and manifest.up_to_date(output, digest):
         stages.log("inputs unchanged: reusing " + str(output))
         return Result(output, output / KERNEL_FILE, artifact, output / manifest.MANIFEST, True)
-    missing = wheels.missing_guest_packages()
-    if missing:
-        stages.log(f"warning: pykata has no {', '.join(missing)} yet; the image lacks them")
     with stages.stage("extra tree"):
         agent_version, modules = make_extra_tree(options, kern, wheel_dir, work / "extra", stages)
         apt.write_sandbox_sources(work / "sandbox", apt_.mirrors)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import re
 import shutil
 import sys
 import zipfile
 from pathlib import Path
 
-import pykata
-from pykata.builder.stages import Stages
+from pykata.agent.version import VERSION
+from pykata.builder.stages import BuildError, Stages
 
 GUEST_PACKAGES = ("protocols", "ttrpc", "agent")
 GUEST_PYTHON = "3.13"
@@ -84,24 +85,25 @@ def install_wheels(folder: Path, tree: Path) -> None:
                     archive.extract(member, site)
 
 
-def missing_guest_packages() -> list[str]:
-    source = Path(pykata.__file__).parent
-    return [name for name in GUEST_PACKAGES if not (source / name / "__init__.py").exists()]
+def guest_package_dirs() -> list[Path]:
+    """The source folders of the guest's subpackages of pykata, wherever pykata is installed."""
+    folders = []
+    for name in GUEST_PACKAGES:
+        spec = importlib.util.find_spec(f"pykata.{name}")
+        if spec is None or spec.origin is None:
+            raise BuildError(f"pykata.{name} is not installed beside kata-image")
+        folders.append(Path(spec.origin).parent)
+    return folders
 
 
 def install_agent(tree: Path) -> str:
     """Copy the guest subpackages of pykata into the tree; returns the agent version."""
-    source = Path(pykata.__file__).parent
     target = tree / SITE_PACKAGES / "pykata"
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("__init__.py", "py.typed"):
-        shutil.copy2(source / name, target / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi")
-    for name in GUEST_PACKAGES:
-        if name in missing_guest_packages():
-            continue
-        shutil.copytree(source / name, target / name, ignore=ignore, dirs_exist_ok=True)
-    version = pykata.__version__
+    for source in guest_package_dirs():
+        shutil.copytree(source, target / source.name, ignore=ignore, dirs_exist_ok=True)
+    version = VERSION
     info = tree / SITE_PACKAGES / f"pykata-{version}.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pykata\nVersion: {version}\n")
