@@ -9,6 +9,9 @@ Usage: bench_e2e.py [--boots N] [--runs N]   (as root: mounts, QEMU, the agent o
   sandbox check, bind mount into the shared folder, CreateContainer, StartContainer, stdio,
   WaitProcess, RemoveContainer, unmount), N runs, median, against the same command with the
   agent on this host over a unix socket (no VM, no virtio-fs, no vsock): ratio VM/host.
+- RSS: the agent's resident memory once the runs have created the sandbox, in the guest (its
+  GetMetrics figure, the guest's Python and libraries) against the host agent's VmRSS (this
+  host's Python) in the same run.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pykata.builder.stages import Stages
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.runner import VM
 from pykata.host.vm.state import VMState
-from pykata.protocols import health_pb2
+from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Client
 
 CTL = [sys.executable, "-m", "pykata.host.ctl.main"]
@@ -43,6 +46,27 @@ async def health_check(address: str) -> None:
             "grpc.Health", "Check", health_pb2.CheckRequest(),
             health_pb2.HealthCheckResponse, timeout=BOOT_TIMEOUT,
         )  # fmt: skip
+
+
+async def agent_rss_mib(address: str) -> float:
+    """The agent's own RSS as its GetMetrics reports it."""
+    async with await Client.connect(address, timeout=BOOT_TIMEOUT) as client:
+        reply = await client.call(
+            "grpc.AgentService", "GetMetrics", agent_pb2.GetMetricsRequest(),
+            agent_pb2.Metrics, timeout=60,
+        )  # fmt: skip
+    for line in reply.metrics.splitlines():
+        if line.startswith("kata_agent_process_resident_memory_bytes "):
+            return float(line.split()[1]) / 2**20
+    raise RuntimeError("GetMetrics has no kata_agent_process_resident_memory_bytes")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def timed_runs(target: list[str], rootfs: Path, runs: int) -> list[float]:
@@ -99,10 +123,11 @@ async def main_async(boots: int, runs: int) -> None:
                         pids=vm.pids,
                     ).save()
                     vm_runs = await asyncio.to_thread(timed_runs, ["--vm", vm.name], rootfs, runs)
+                    guest_rss = await agent_rss_mib(vm.agent_address)
                 accel = vm.accel
             finally:
                 await vm.stop()
-        host_runs = await asyncio.to_thread(host_agent_runs, work, rootfs, runs)
+        host_runs, host_rss = await asyncio.to_thread(host_agent_runs, work, rootfs, runs)
     vm_median, host_median = statistics.median(vm_runs), statistics.median(host_runs)
     print(f"date {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, {accel}")
     print(
@@ -114,9 +139,14 @@ async def main_async(boots: int, runs: int) -> None:
         f"kata-agent-ctl run -- true: VM {vm_median:.2f}s, host agent {host_median:.2f}s "
         f"(median of {runs}), ratio VM/host {vm_median / host_median:.1f}"
     )
+    print(
+        f"agent RSS after CreateSandbox: guest {guest_rss:.1f} MiB, host agent {host_rss:.1f} "
+        f"MiB, ratio guest/host {guest_rss / host_rss:.2f}"
+    )
 
 
-def host_agent_runs(work: Path, rootfs: Path, runs: int) -> list[float]:
+def host_agent_runs(work: Path, rootfs: Path, runs: int) -> tuple[list[float], float]:
+    """Run times with the agent on this host, and its RSS (MiB) after them."""
     address = f"unix://@pykata-bench-e2e-{secrets.token_hex(4)}"
     env = {**os.environ, "KATA_AGENT_SERVER_ADDR": address}
     env.pop("INVOCATION_ID", None)  # never the host's kernel command line
@@ -126,7 +156,8 @@ def host_agent_runs(work: Path, rootfs: Path, runs: int) -> list[float]:
         )
     try:
         asyncio.run(health_check(address))
-        return timed_runs(["--server-address", address], rootfs, runs)
+        seconds = timed_runs(["--server-address", address], rootfs, runs)
+        return seconds, rss_kib(agent.pid) / 1024
     finally:
         subprocess.run([*CTL, "destroy", "--server-address", address], check=False)
         agent.terminate()
