@@ -1,11 +1,13 @@
-"""ttRPC benchmark: containerd's Go client (ttrpc-peer bench) against the Go server and ours.
+"""ttRPC benchmark: containerd's Go client (go-ttrpc-peer bench) against the Go server and ours.
 
 Usage: bench_ttrpc.py [--runs N] [--duration 5s] [--concurrency 1 16]
        bench_ttrpc.py --serve ADDRESS      (our server alone, answering grpc.Health/Check)
 
-Both servers run as separate processes; runs alternate Go / ours, each after a discarded
-warm-up. Per concurrency level it prints calls/s, p50/p99, each server's CPU time per call
-(utime+stime from /proc, the steadiest figure on a shared machine) and the ratios ours/Go.
+The Go side is our peer program on containerd's ttrpc (tests/peers/go-ttrpc, built into
+the cache on first use). Both servers run as separate processes; runs alternate Go / ours,
+each after a discarded warm-up. Per concurrency level it prints calls/s, p50/p99, each
+server's CPU time per call (utime+stime from /proc, the steadiest figure on a shared machine)
+and the ratios ours/Go.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-PEER_SOURCE = ROOT.parent / "shared" / "tools" / "ttrpc-peer"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peers.go_ttrpc import PeerBuildError, peer_binary
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -45,13 +49,6 @@ def serve(address: str) -> None:
     asyncio.run(main())
 
 
-def build_peer() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    out = Path(cache) / "pykata" / "ttrpc-peer"
-    subprocess.run(["sh", str(PEER_SOURCE / "build.sh"), str(out)], check=True)
-    return out / "ttrpc-peer"
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
@@ -69,7 +66,7 @@ def bench(peer: Path, address: str, concurrency: int, duration: str) -> dict[str
     cmd = [str(peer), "bench", "--addr", address, "--concurrency", str(concurrency)]
     out = subprocess.run([*cmd, "--duration", duration], capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"bench against {address} failed: {out.stderr}")
+        raise SystemExit(f"bench against {address} failed: {out.stdout}{out.stderr}")
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
     return result
 
@@ -84,7 +81,10 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
-    peer = build_peer()
+    try:
+        peer = peer_binary()
+    except PeerBuildError as e:
+        raise SystemExit(str(e)) from e
     with tempfile.TemporaryDirectory(prefix="bench-ttrpc-") as tmp:
         sockets = {"go": Path(tmp) / "go.sock", "ours": Path(tmp) / "py.sock"}
         servers = {

@@ -1,56 +1,43 @@
-"""Interop with containerd's own Go ttrpc (the ttrpc-peer tool in ../shared/tools).
+"""Interop with containerd's own Go ttrpc (our peer program in tests/peers/go-ttrpc).
 
 Both directions: the Go client calls our server, our client calls the Go server, plain
-and over the hybrid vsock handshake. No root needed; the peer is built once into the cache.
+and over the hybrid vsock handshake. No root needed, except for the peer's first build
+(it installs its Debian packages); the binary is cached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pykata.protocols import health_pb2
 from pykata.ttrpc import Client, Server
 from pykata.ttrpc.errors import Unimplemented
 
-ROOT = Path(__file__).resolve().parents[2]
-PEER_SOURCE = ROOT.parent / "shared" / "tools" / "ttrpc-peer"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peers.go_ttrpc import PeerBuildError, peer_binary
+
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def peer_cache() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "pykata" / "ttrpc-peer"
-
-
 @pytest.fixture(scope="module")
 def peer() -> Path:
-    """The Go peer binary, (re)built when missing or older than its sources."""
-    binary = peer_cache() / "ttrpc-peer"
-    sources = [PEER_SOURCE / name for name in ("main.go", "health.proto", "build.sh")]
-    if not PEER_SOURCE.is_dir():
-        pytest.fail(f"{PEER_SOURCE} is missing")
-    newest = max(p.stat().st_mtime for p in sources)
-    if not binary.exists() or binary.stat().st_mtime < newest:
-        build = subprocess.run(
-            ["sh", str(PEER_SOURCE / "build.sh"), str(binary.parent)],
-            capture_output=True,
-            text=True,
-        )
-        if build.returncode != 0:
-            if shutil.which("go") is None:
-                pytest.skip(f"the Go toolchain could not be installed: {build.stderr[-500:]}")
-            pytest.fail(f"building ttrpc-peer failed:\n{build.stdout}\n{build.stderr}")
-    return binary
+    """The Go peer binary, (re)built when its sources changed. A failed build fails."""
+    try:
+        return peer_binary()
+    except PeerBuildError as e:
+        error = str(e)
+    pytest.fail(error, pytrace=False)
 
 
 @pytest.fixture
@@ -83,7 +70,7 @@ async def run_peer(peer: Path, *args: str) -> tuple[int, Any]:
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None
-    assert stdout, f"ttrpc-peer {args[0]} printed nothing: {stderr.decode()}"
+    assert stdout, f"go-ttrpc-peer {args[0]} printed nothing: {stderr.decode()}"
     return process.returncode, json.loads(stdout.decode().splitlines()[-1])
 
 
@@ -147,10 +134,8 @@ async def test_our_client_calls_the_go_server(go_server: str) -> None:
         health: Any = client.stub(HEALTH)
         assert (await health.Check(health_pb2.CheckRequest(service="x"))).status == SERVING
         version = await health.Version(health_pb2.CheckRequest(), timeout=5)
-        assert (version.grpc_version, version.agent_version) == (
-            "ttrpc-peer",
-            "ttrpc-peer-go (containerd/ttrpc 1.1)",
-        )
+        assert version.grpc_version == "go-ttrpc-peer"
+        assert version.agent_version.startswith("containerd/ttrpc 1.1")
         with pytest.raises(Unimplemented, match="method Nope"):
             await client.call(
                 "grpc.Health", "Nope", health_pb2.CheckRequest(), health_pb2.HealthCheckResponse
