@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import socket
 
 import pytest
@@ -19,9 +18,6 @@ from pykata.ttrpc.dialing import dial
 
 pytestmark = [
     pytest.mark.vm,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 LOG_PORT = 1025

@@ -4,7 +4,6 @@ hybrid vsock, the kataShared virtio-fs, and DestroySandbox powering the VM off."
 from __future__ import annotations
 
 import asyncio
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,6 @@ from pykata.ttrpc import Client
 
 pytestmark = [
     pytest.mark.vm,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 SHARED = "/run/kata-containers/shared/containers"

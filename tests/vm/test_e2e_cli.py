@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,9 +22,6 @@ from pykata.host.vm.sharedfs import is_mount_point
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.root,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 TIMEOUT = 300

@@ -40,9 +40,6 @@ pytestmark = [
     pytest.mark.vm,
     pytest.mark.root,
     pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 BOOT_TIMEOUT = 300.0  # TCG on a busy 2-core host

@@ -3,8 +3,6 @@ hybrid vsock exactly as a Kata shim reaches it: Health.Check on hvsock://…:102
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from pykata.builder import build
@@ -14,9 +12,6 @@ from pykata.ttrpc import Client
 
 pytestmark = [
     pytest.mark.vm,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 

@@ -25,9 +25,6 @@ from pykata.host.vm.runner import VM
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.asyncio(loop_scope="module"),
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 ECHO, SINK, SOURCE, DIAL = 5000, 5001, 5002, 5003

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +18,6 @@ from pykata.host.vm.sharedfs import is_mount_point, remove_shared_mount
 
 pytestmark = [
     pytest.mark.vm,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="QEMU missing (run `just setup`)"
-    ),
 ]
 
 # Boots the guest, prints the VM's pids as JSON, then waits to be interrupted.

@@ -8,7 +8,6 @@ DestroySandbox: reboot(2) from the init of a child PID namespace only ends that 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -20,8 +19,6 @@ from typing import Any
 import pytest
 
 from pykata.protocols import agent_pb2
-
-pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare(1) missing")
 
 
 @pytest.fixture(scope="module")

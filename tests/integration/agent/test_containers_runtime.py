@@ -38,7 +38,7 @@ async def test_a_failing_crun_falls_back_to_runc(
 ) -> None:
     runc = shutil.which("runc")
     if runc is None:
-        pytest.skip("runc is not installed (just setup installs it)")
+        pytest.fail("runc is not installed: `just setup` installs it")
     monkeypatch.setenv("PATH", f"{broken_crun}{os.pathsep}{os.environ['PATH']}")
     runtime = await detect(reaper)
     assert runtime.binary == runc

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 
-import pytest
-
-from pykata.agent.console import SHELL, pty_session
+from pykata.agent.console import pty_session
 from pykata.agent.reaper import Reaper
-
-pytestmark = pytest.mark.skipif(not os.path.exists(SHELL), reason=f"{SHELL} missing")
 
 
 async def test_shell_session_round_trip() -> None:

@@ -10,7 +10,11 @@ import pytest
 
 from pykata.host.rootfs import BUSYBOX, make_busybox_rootfs
 
-pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static not installed")
+
+@pytest.fixture(autouse=True)
+def _busybox() -> None:
+    if not BUSYBOX.exists():
+        pytest.fail(f"{BUSYBOX} is missing: `just setup` installs busybox-static")
 
 
 def test_rootfs_layout(tmp_path: Path) -> None:
