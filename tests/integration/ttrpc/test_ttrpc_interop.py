@@ -10,21 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from peers.go_ttrpc import PeerBuildError, peer_binary
 
 from pykata.protocols import health_pb2
 from pykata.ttrpc import Client, Server
 from pykata.ttrpc.errors import Unimplemented
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peers.go_ttrpc import PeerBuildError, peer_binary
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
