@@ -17,8 +17,8 @@ import os
 import shutil
 import stat
 
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.validation import CONTAINER_BASE
-from pykata.ttrpc.errors import InvalidArgument
 
 SHARED_DIR = f"{CONTAINER_BASE}/shared/containers"
 DIR_MASK = 0o777

@@ -22,9 +22,9 @@ import signal
 import threading
 
 from pykata.agent import log
+from pykata.agent.errors import FailedPrecondition
 from pykata.agent.mount import MS_BIND, fstype_of, mount, umount_all
 from pykata.agent.reaper import Reaper
-from pykata.ttrpc.errors import FailedPrecondition
 
 logger = log.get("namespace")
 

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 from pykata.agent import log, namespaces
 from pykata.agent.config import AgentConfig, in_guest
-from pykata.agent.mount import MS_BIND, mount, umount
-from pykata.agent.reaper import Reaper
-from pykata.agent.storage.manager import StorageManager, StorageSpec
-from pykata.agent.validation import CONTAINER_BASE, validate_sandbox_id
-from pykata.ttrpc.errors import (
+from pykata.agent.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
+from pykata.agent.mount import MS_BIND, mount, umount
+from pykata.agent.reaper import Reaper
+from pykata.agent.storage.manager import StorageManager, StorageSpec
+from pykata.agent.validation import CONTAINER_BASE, validate_sandbox_id
 
 if TYPE_CHECKING:
     from pykata.agent.container.container import Container

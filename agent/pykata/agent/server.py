@@ -6,6 +6,7 @@ from pykata.agent.rpc.containers import ContainerHandlers
 from pykata.agent.rpc.health import HealthHandlers
 from pykata.agent.rpc.processes import ProcessHandlers
 from pykata.agent.rpc.sandbox import SandboxHandlers
+from pykata.agent.rpc.status import Translating
 from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Server
@@ -13,11 +14,16 @@ from pykata.ttrpc import Server
 
 def build(sandbox: Sandbox) -> Server:
     server = Server()
-    server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], HealthHandlers())
+    server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], Translating(HealthHandlers()))
     server.register(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
-        SandboxHandlers(sandbox),
-        ContainerHandlers(sandbox),
-        ProcessHandlers(sandbox),
+        *(
+            Translating(handlers)
+            for handlers in (
+                SandboxHandlers(sandbox),
+                ContainerHandlers(sandbox),
+                ProcessHandlers(sandbox),
+            )
+        ),
     )
     return server

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from pykata.ttrpc.errors import InvalidArgument
+from pykata.agent.errors import InvalidArgument
 
 # Kata's id rule (and runc's): starts alphanumeric, then alphanumerics and _ . -
 _ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from pykata.agent.errors import FailedPrecondition, InvalidArgument
 from pykata.agent.mount import fstype_of, mount_points
 from pykata.agent.storage import bind
 from pykata.agent.storage.manager import StorageManager, StorageSpec
-from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 

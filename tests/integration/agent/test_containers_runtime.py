@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pykata.agent.container.runtime import detect
+from pykata.agent.errors import Unavailable
 from pykata.agent.reaper import Reaper
-from pykata.ttrpc.errors import Unavailable
 
 pytestmark = pytest.mark.root
 

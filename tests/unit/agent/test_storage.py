@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from pykata.agent.errors import FailedPrecondition, InvalidArgument
 from pykata.agent.mount import MS_BIND, MS_NOSUID, MS_RDONLY, MS_REC, parse_options
 from pykata.agent.rpc.storages import storage_specs
 from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec
 from pykata.agent.storage.options import option_map
 from pykata.protocols import agent_pb2, types_pb2
-from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument
 
 
 def entries(path: Path) -> list[Path]:

@@ -11,13 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pykata.agent.copyfile import copy_file
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.validation import (
     safe_join,
     validate_container_id,
     validate_exec_id,
     validate_under,
 )
-from pykata.ttrpc.errors import InvalidArgument
 
 
 @pytest.mark.parametrize("cid", ["a", "abc123", "0abc", "pod_1.ctr-2", "A" * 256])

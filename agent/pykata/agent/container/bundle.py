@@ -7,9 +7,9 @@ import json
 import os
 from typing import Any
 
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.mount import MS_BIND, MS_REC, mount, umount_all
 from pykata.agent.validation import CONTAINER_BASE, safe_join, validate_under
-from pykata.ttrpc.errors import InvalidArgument
 
 
 class Bundle:

@@ -14,11 +14,11 @@ from typing import Any
 from pykata.agent.cgroups import Cgroup, open_cgroup
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.runtime import STATE_ROOT, OciRuntime, RuntimeFailure
+from pykata.agent.errors import AlreadyExists, FailedPrecondition, NotFound
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import ConsoleSocket
 from pykata.agent.reaper import Reaper
 from pykata.agent.storage.manager import StorageManager
-from pykata.ttrpc.errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger("kata-agent.container")
 

@@ -15,11 +15,11 @@ import shutil
 import signal
 from typing import Any
 
+from pykata.agent.errors import Internal, Unavailable
 from pykata.agent.mount import fstype_of
 from pykata.agent.process.process import ChildStdio
 from pykata.agent.process.stdio import ConsoleSocket
 from pykata.agent.reaper import Reaper, exit_code
-from pykata.ttrpc.errors import Internal, Unavailable
 
 log = logging.getLogger("kata-agent.runtime")
 

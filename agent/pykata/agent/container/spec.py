@@ -6,8 +6,8 @@ import copy
 import os
 from typing import Any
 
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.validation import CONTAINER_BASE, validate_under
-from pykata.ttrpc.errors import InvalidArgument
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -14,11 +14,11 @@ from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.container import Container
 from pykata.agent.container.runtime import OciRuntime, detect
 from pykata.agent.container.spec import rewrite_spec
+from pykata.agent.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 from pykata.agent.rpc import oci
 from pykata.agent.rpc.storages import storage_specs
 from pykata.agent.validation import validate_container_id, validate_exec_id
 from pykata.protocols import agent_pb2
-from pykata.ttrpc.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 
 if TYPE_CHECKING:
     from pykata.agent.sandbox import Sandbox

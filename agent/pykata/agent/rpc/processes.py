@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from google.protobuf import empty_pb2
 
 from pykata.agent.container.spec import process_defaults
+from pykata.agent.errors import FailedPrecondition, InvalidArgument, Unavailable
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import set_window_size
 from pykata.agent.rpc import oci
 from pykata.agent.validation import validate_exec_id
 from pykata.protocols import agent_pb2
-from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
     from pykata.agent.container.container import Container

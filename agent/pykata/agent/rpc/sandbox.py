@@ -8,6 +8,7 @@ import os
 from google.protobuf import empty_pb2
 
 from pykata.agent import copyfile, guest, log, metrics
+from pykata.agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from pykata.agent.mount import mount_points
 from pykata.agent.rpc.storages import storage_specs
 from pykata.agent.sandbox import KernelModule, Sandbox
@@ -15,7 +16,6 @@ from pykata.agent.storage import ephemeral
 from pykata.agent.validation import validate_under
 from pykata.agent.version import VERSION
 from pykata.protocols import agent_pb2, csi_pb2
-from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, NotFound
 
 logger = log.get("rpc")
 

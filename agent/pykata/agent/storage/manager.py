@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from pykata.agent import log
+from pykata.agent.errors import AgentError, FailedPrecondition, InvalidArgument
 from pykata.agent.mount import mount_points, umount_all
 from pykata.agent.storage.options import apply_fs_group
 from pykata.agent.validation import CONTAINER_BASE, validate_under
-from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument, TtrpcError
 
 logger = log.get("storage")
 
@@ -206,7 +206,7 @@ class StorageManager:
                         on_root_mismatch=spec.fs_group.on_root_mismatch,
                     )
             return attached
-        except TtrpcError:
+        except AgentError:
             raise
         except OSError as exc:
             raise FailedPrecondition(f"{spec.driver} storage at {mount_point}: {exc}") from exc
@@ -237,7 +237,7 @@ class StorageManager:
             for mount_point in mount_points:
                 try:
                     self._release(_normal(mount_point))
-                except TtrpcError as exc:
+                except AgentError as exc:
                     errors.append(exc.message)
             if errors:
                 raise FailedPrecondition("; ".join(errors))
@@ -250,7 +250,7 @@ class StorageManager:
                 self._entries[mount_point].refs = 1
                 try:
                     self._release(mount_point)
-                except TtrpcError as exc:
+                except AgentError as exc:
                     errors.append(exc.message)
             if errors:
                 raise FailedPrecondition("; ".join(errors))

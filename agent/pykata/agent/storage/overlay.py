@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.mount import mount, parse_options
 from pykata.agent.storage.manager import (
     Attached,
@@ -18,7 +19,6 @@ from pykata.agent.storage.manager import (
     undone_on_error,
 )
 from pykata.agent.validation import CONTAINER_BASE, validate_container_id, validate_under
-from pykata.ttrpc.errors import InvalidArgument
 
 RW_OPTION = "io.katacontainers.fs-opt.overlay-rw"
 CREATE_DIR = "io.katacontainers.volume.overlayfs.create_directory="
