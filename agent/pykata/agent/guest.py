@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import fcntl
 import glob
 import os
 import struct
+from dataclasses import dataclass
 
 from pykata.agent import log
+from pykata.agent.errors import FailedPrecondition, InvalidArgument
 
 logger = log.get("guest")
 
@@ -18,6 +21,8 @@ MEMORY_PROBE = f"{SYSFS_MEMORY}/probe"
 SYSFS_CPU = "/sys/devices/system/cpu"
 RNDADDTOENTCNT = 0x40045201
 RNDRESEEDCRNG = 0x5207
+ONLINE_RETRIES = 100
+ONLINE_RETRY_DELAY = 0.05
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -28,7 +33,7 @@ class _Timeval(ctypes.Structure):
 
 def set_time(sec: int, usec: int) -> None:
     if not 0 <= usec < 1_000_000 or sec < 0:
-        raise ValueError(f"invalid time {sec}s {usec}us")
+        raise InvalidArgument(f"invalid time {sec}s {usec}us")
     tv = _Timeval(sec, usec)
     if _libc.settimeofday(ctypes.byref(tv), None) != 0:
         err = ctypes.get_errno()
@@ -39,7 +44,7 @@ def reseed_random(data: bytes) -> None:
     """Mix ``data`` into the kernel's pool, credit it and reseed the CRNG, as Kata does
     (crediting one bit per byte: the host's randomness is trusted, but conservatively)."""
     if not data:
-        raise ValueError("no entropy data")
+        raise InvalidArgument("no entropy data")
     fd = os.open("/dev/random", os.O_RDWR | os.O_CLOEXEC)
     try:
         os.write(fd, data)
@@ -64,6 +69,8 @@ def supports_memory_probe() -> bool:
 
 
 def probe_memory(addresses: list[int]) -> None:
+    if not supports_memory_probe():
+        raise FailedPrecondition("this guest has no memory probe interface")
     for address in addresses:
         with open(MEMORY_PROBE, "w") as f:
             f.write(f"{address:#x}")
@@ -114,6 +121,45 @@ def online_cpus(wanted: int, sysfs: str = SYSFS_CPU) -> int:
 
 def online_memory(sysfs: str = SYSFS_MEMORY) -> int:
     return _online_all(f"{sysfs}/memory[0-9]*/online")
+
+
+async def online_cpus_and_memory(nb_cpus: int, *, cpu_only: bool) -> None:
+    """As Kata: ``nb_cpus`` is how many CPUs must be online in the end (0: leave them), then
+    every memory block is onlined unless ``cpu_only``. Hotplugged CPUs show up in sysfs a
+    little after the runtime asked, hence the retries."""
+    if nb_cpus > 0:
+        for _ in range(ONLINE_RETRIES):
+            if online_cpus(nb_cpus) >= nb_cpus:
+                break
+            await asyncio.sleep(ONLINE_RETRY_DELAY)
+        else:
+            raise FailedPrecondition(
+                f"only {online_cpu_count()} of {nb_cpus} CPUs could be onlined"
+            )
+    if not cpu_only:
+        logger.info("onlined memory", extra={"memory_blocks": online_memory()})
+
+
+@dataclass(frozen=True)
+class GuestDetails:
+    mem_block_size: int  # bytes, 0 when unknown or not asked for
+    mem_hotplug_probe: bool
+    seccomp: bool
+
+
+def details(*, mem_block_size: bool, mem_hotplug_probe: bool) -> GuestDetails:
+    """What the runtime asks right after boot; never fails (an unreadable value is 0)."""
+    block_size = 0
+    if mem_block_size:
+        try:
+            block_size = memory_block_size()
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read memory block size", extra={"error": str(exc)})
+    return GuestDetails(
+        mem_block_size=block_size,
+        mem_hotplug_probe=mem_hotplug_probe and supports_memory_probe(),
+        seccomp=seccomp_supported(),
+    )
 
 
 def seccomp_supported() -> bool:

@@ -7,23 +7,32 @@ import contextlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pykata.agent import log, namespaces
 from pykata.agent.config import AgentConfig, in_guest
+from pykata.agent.container.bundle import Bundle
+from pykata.agent.container.container import Container
+from pykata.agent.container.runtime import OciRuntime, detect
+from pykata.agent.container.spec import rewrite_spec
 from pykata.agent.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
 from pykata.agent.mount import MS_BIND, mount, umount
 from pykata.agent.reaper import Reaper
+from pykata.agent.storage import ephemeral
 from pykata.agent.storage.manager import StorageManager, StorageSpec
-from pykata.agent.validation import CONTAINER_BASE, validate_sandbox_id
-
-if TYPE_CHECKING:
-    from pykata.agent.container.container import Container
+from pykata.agent.validation import (
+    CONTAINER_BASE,
+    validate_container_id,
+    validate_exec_id,
+    validate_sandbox_id,
+    validate_under,
+)
 
 logger = log.get("sandbox")
 
@@ -68,12 +77,118 @@ class Sandbox:
         self._pidns: namespaces.PidNamespaceHolder | None = None
         self._resolv_mounted = False
         self._lock = asyncio.Lock()
+        self._runtime: OciRuntime | None = None
+        self._runtime_lock = asyncio.Lock()
+        # Ids of containers being created: a second create of one is refused meanwhile.
+        self._creating: set[str] = set()
 
     def get_container(self, cid: str) -> Container:
         try:
             return self.containers[cid]
         except KeyError:
             raise NotFound(f"container {cid} not found") from None
+
+    async def _oci_runtime(self) -> OciRuntime:
+        """The OCI runtime, detected on first use."""
+        async with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = await detect(self.reaper)
+            return self._runtime
+
+    async def create_container(
+        self,
+        *,
+        container_id: str,
+        exec_id: str,
+        spec: dict[str, Any] | None,
+        storages: list[StorageSpec],
+        sandbox_pidns: bool,
+    ) -> None:
+        """Bundle, storages and ``runtime create``: the init waits for start_container.
+
+        ``exec_id`` defaults to the container id; a failing step undoes the ones before.
+        """
+        cid = validate_container_id(container_id)
+        exec_id = validate_exec_id(exec_id or cid)
+        if spec is None:
+            raise InvalidArgument("CreateContainer needs an OCI spec")
+        if cid in self.containers or cid in self._creating:
+            raise AlreadyExists(f"container {cid} already exists")
+        root = spec.get("root", {}).get("path", "")
+        if not root:
+            raise InvalidArgument("the OCI spec has no root path")
+        self._creating.add(cid)
+        try:
+            runtime = await self._oci_runtime()
+            bundle = Bundle(cid)
+            guest_spec = rewrite_spec(
+                spec,
+                container_id=cid,
+                rootfs=bundle.rootfs,
+                namespaces=self.namespaces,
+                sandbox_pidns=sandbox_pidns or "pid" in self.namespaces,
+            )
+            mount_points = await self.storages.add(storages, cid=cid)
+            container = Container(
+                cid,
+                bundle,
+                guest_spec,
+                runtime,
+                self.reaper,
+                mount_points,
+                self.storages,
+                self.config.container_pipe_size,
+            )
+            try:
+                bundle.create(root)
+                await container.launch(exec_id)
+            except BaseException:
+                await container.destroy()
+                raise
+            self.containers[cid] = container
+        finally:
+            self._creating.discard(cid)
+        logger.info("container created", extra={"container": cid})
+
+    async def start_container(self, cid: str) -> None:
+        container = self.get_container(cid)
+        await container.start(self.oom_events.put_nowait)
+        logger.info("container started", extra={"container": cid})
+
+    async def remove_container(self, cid: str, time_limit: int) -> None:
+        """Destroy the container; past ``time_limit`` seconds (0: none) DeadlineExceeded,
+        while the teardown goes on in the background (as in Kata)."""
+        container = self.get_container(cid)
+        destroy = asyncio.ensure_future(container.destroy())
+        if time_limit:
+            done, _ = await asyncio.wait([destroy], timeout=time_limit)
+            if not done:
+                raise DeadlineExceeded(f"removing container {cid} took longer than {time_limit}s")
+        await destroy
+        self.containers.pop(cid, None)
+        logger.info("container removed", extra={"container": cid})
+
+    async def update_ephemeral_mounts(self, specs: list[StorageSpec]) -> None:
+        """Mounted ephemeral storages get the new options (the runtime sends
+        ``remount,size=...`` after a memory resize); others become new sandbox storages."""
+        for spec in specs:
+            if spec.driver != "ephemeral":
+                raise InvalidArgument(
+                    f"only ephemeral storages can be updated, not {spec.driver!r}"
+                )
+        new = []
+        for spec in specs:
+            driver = self.storages.driver_of(validate_under(spec.mount_point))
+            if driver is None:
+                new.append(spec)
+            elif driver != "ephemeral":
+                raise InvalidArgument(f"{spec.mount_point} is a {driver} storage")
+            elif spec.options:
+                try:
+                    ephemeral.remount(spec)
+                except OSError as exc:
+                    raise FailedPrecondition(f"remount {spec.mount_point}: {exc}") from exc
+        self.mounts += await self.storages.add(new)
 
     async def create(
         self,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pykata.agent.rpc.containers import ContainerHandlers
+from pykata.agent.rpc.files import FileHandlers
+from pykata.agent.rpc.guest import GuestHandlers
 from pykata.agent.rpc.health import HealthHandlers
+from pykata.agent.rpc.metrics import MetricsHandlers
 from pykata.agent.rpc.processes import ProcessHandlers
 from pykata.agent.rpc.sandbox import SandboxHandlers
 from pykata.agent.rpc.status import Translating
+from pykata.agent.rpc.storages import StorageHandlers
 from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Server
@@ -21,6 +25,10 @@ def build(sandbox: Sandbox) -> Server:
             Translating(handlers)
             for handlers in (
                 SandboxHandlers(sandbox),
+                GuestHandlers(),
+                FileHandlers(),
+                StorageHandlers(sandbox),
+                MetricsHandlers(),
                 ContainerHandlers(sandbox),
                 ProcessHandlers(sandbox),
             )

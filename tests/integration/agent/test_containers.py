@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pykata.agent.mount import MS_BIND, mount, mount_points, umount_all
-from pykata.agent.rpc.oci import from_dict
+from pykata.agent.rpc.convert.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2
 from pykata.ttrpc import Client
 from pykata.ttrpc.errors import (

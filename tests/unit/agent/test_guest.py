@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pykata.agent import guest, metrics
+from pykata.agent.errors import InvalidArgument
 
 
 def sysfs_tree(root: Path, prefix: str, states: list[str]) -> None:
@@ -60,12 +61,12 @@ def test_memory_block_size(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("sec", "usec"), [(-1, 0), (0, -1), (0, 1_000_000)])
 def test_set_time_rejects_out_of_range(sec: int, usec: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         guest.set_time(sec, usec)
 
 
 def test_reseed_needs_data() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         guest.reseed_random(b"")
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pykata.agent.container.spec import DEFAULT_PATH, cgroups_path, rewrite_spec
 from pykata.agent.errors import InvalidArgument
-from pykata.agent.rpc.oci import from_dict, json_name, to_dict
+from pykata.agent.rpc.convert.oci import from_dict, json_name, to_dict
 from pykata.protocols import oci_pb2
 
 ROOTFS = "/run/kata-containers/c1/rootfs"

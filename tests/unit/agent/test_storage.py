@@ -10,7 +10,7 @@ import pytest
 
 from pykata.agent.errors import FailedPrecondition, InvalidArgument
 from pykata.agent.mount import MS_BIND, MS_NOSUID, MS_RDONLY, MS_REC, parse_options
-from pykata.agent.rpc.storages import storage_specs
+from pykata.agent.rpc.convert.storages import storage_specs
 from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec
 from pykata.agent.storage.options import option_map
 from pykata.protocols import agent_pb2, types_pb2

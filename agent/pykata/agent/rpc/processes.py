@@ -12,7 +12,7 @@ from pykata.agent.container.spec import process_defaults
 from pykata.agent.errors import FailedPrecondition, InvalidArgument, Unavailable
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import set_window_size
-from pykata.agent.rpc import oci
+from pykata.agent.rpc.convert import oci
 from pykata.agent.validation import validate_exec_id
 from pykata.protocols import agent_pb2
 
@@ -41,15 +41,15 @@ def signal_handled(pid: int, sig: int) -> bool:
 
 class ProcessHandlers:
     def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
+        self._sandbox = sandbox
 
     def _find(self, cid: str, exec_id: str) -> tuple[Container, Process]:
-        container = self.sandbox.get_container(cid)
+        container = self._sandbox.get_container(cid)
         return container, container.find_process(exec_id)
 
     async def ExecProcess(self, request: agent_pb2.ExecProcessRequest) -> empty_pb2.Empty:
         exec_id = validate_exec_id(request.exec_id)
-        container = self.sandbox.get_container(request.container_id)
+        container = self._sandbox.get_container(request.container_id)
         if not request.HasField("process") or not request.process.Args:
             raise InvalidArgument("ExecProcess needs a process with args")
         process = oci.to_dict(request.process)
@@ -62,7 +62,7 @@ class ProcessHandlers:
         sig = request.signal
         if not 0 < sig < signal.NSIG:
             raise InvalidArgument(f"invalid signal {sig}")
-        container = self.sandbox.get_container(request.container_id)
+        container = self._sandbox.get_container(request.container_id)
         # Kata's encoding of "all processes": no exec id and SIGKILL.
         if not request.exec_id and sig == signal.SIGKILL:
             await container.signal_all(sig)
@@ -87,7 +87,7 @@ class ProcessHandlers:
     async def ReadStdout(
         self, request: agent_pb2.ReadStreamRequest
     ) -> agent_pb2.ReadStreamResponse:
-        container = self.sandbox.get_container(request.container_id)
+        container = self._sandbox.get_container(request.container_id)
         process = container.find_output(request.exec_id)
         if process.stdout is None:
             raise FailedPrecondition("the process has no stdout")
@@ -96,7 +96,7 @@ class ProcessHandlers:
     async def ReadStderr(
         self, request: agent_pb2.ReadStreamRequest
     ) -> agent_pb2.ReadStreamResponse:
-        container = self.sandbox.get_container(request.container_id)
+        container = self._sandbox.get_container(request.container_id)
         process = container.find_output(request.exec_id)
         if process.stderr is None:
             # A terminal merges stderr into stdout: there is nothing to read here.

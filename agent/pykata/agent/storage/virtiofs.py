@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 from pykata.agent import log
-from pykata.agent.mount import fstype_of, mount, parse_options
+from pykata.agent.copyfile import SHARED_DIR
+from pykata.agent.mount import fstype_of, mount, mount_points, parse_options
 from pykata.agent.storage.manager import (
     Attached,
     StorageSpec,
@@ -33,3 +37,14 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
         mount(spec.source, spec.mount_point, FSTYPE, flags, data)
         attached.mounted = True
     return attached
+
+
+async def touch_share_mounts() -> None:
+    """stat() every mount below the shared dir: virtiofsd then notices the ones whose host
+    side is gone (RemoveStaleVirtiofsShareMounts)."""
+    for point, _ in mount_points():
+        if point.startswith(SHARED_DIR + "/"):
+            try:
+                await asyncio.to_thread(os.stat, point)
+            except OSError as exc:
+                logger.info("stale share mount", extra={"mount": point, "error": str(exc)})
