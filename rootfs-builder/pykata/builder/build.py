@@ -1,5 +1,5 @@
 """`kata-image build`: kernel + mkosi rootfs -> vmlinuz, kata-initrd.img / kata-rootfs.img,
-manifest.json and configuration.toml in the output folder.
+manifest.json and configuration.toml (a Kata configuration for them) in the output folder.
 
 Two levels of reuse keep a repeated build fast: when the inputs' hash matches the output's
 manifest nothing runs at all, and otherwise mkosi's incremental cache skips package
@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pykata.builder import apt, disk, hosttools, kconfig, kernel, layout, manifest, mkosi, wheels
+from pykata.builder import (
+    apt,
+    disk,
+    hosttools,
+    kataconfig,
+    kconfig,
+    kernel,
+    layout,
+    manifest,
+    mkosi,
+    wheels,
+)
 from pykata.builder.stages import BuildError, Stages
 
 FLAVOURS = ("initrd", "image")
@@ -36,6 +47,7 @@ class Options:
     output: Path = Path("build")
     clean: bool = False
     mirror: str | None = None
+    kata_debug: bool = False  # debug switches on in configuration.toml
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,7 @@ def _build(options: Options, stages: Stages) -> Result:
     artifact = output / ARTIFACT[options.flavour]
     if not options.clean and manifest.up_to_date(output, digest):
         stages.log("inputs unchanged: reusing " + str(output))
+        write_configuration(options, output / KERNEL_FILE, artifact)
         return Result(output, output / KERNEL_FILE, artifact, output / manifest.MANIFEST, True)
     with stages.stage("extra tree"):
         agent_version, modules = make_extra_tree(options, kern, wheel_dir, work / "extra", stages)
@@ -239,11 +252,16 @@ def _build(options: Options, stages: Stages) -> Result:
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         result.add_files(output, [KERNEL_FILE, artifact.name])
-        (output / manifest.SNIPPET).write_text(
-            manifest.snippet(output, KERNEL_FILE, options.flavour, artifact.name)
-        )
         path = result.write(output)
+        write_configuration(options, output / KERNEL_FILE, artifact)
     return Result(output, output / KERNEL_FILE, artifact, path, False)
+
+
+def write_configuration(options: Options, kernel_path: Path, artifact: Path) -> None:
+    """Written on every build, reused or not: it names this installation's launcher."""
+    artifacts = kataconfig.Artifacts(kernel_path, options.flavour, artifact)
+    text = kataconfig.configuration(artifacts, kataconfig.tools_dir(), options.kata_debug)
+    (options.output / kataconfig.CONFIGURATION).write_text(text)
 
 
 def build_kernel_only(source: str, output: Path, mirror: str | None, stages: Stages) -> Path:

@@ -35,6 +35,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         output=args.output,
         clean=args.clean,
         mirror=args.mirror,
+        kata_debug=args.kata_debug,
     )
     result = build.build(options, stages)
     state = "up to date (inputs unchanged)" if result.reused else "built"
@@ -90,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
         help="debian: trixie's cloud kernel + modules (default); build: ours, all built in",
     )
     bld.add_argument(
-        "--output", type=Path, default=build.Options.output, help="default: build/ in the checkout"
+        "--output", type=Path, default=build.Options.output, help="default: build/ here"
     )
     bld.add_argument(
         "--clean",
@@ -98,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
         help="rebuild even if nothing changed, and drop mkosi's incremental cache",
     )
     bld.add_argument("--mirror", help=mirror_help)
+    bld.add_argument(
+        "--kata-debug",
+        action="store_true",
+        help="configuration.toml with the shim's, the hypervisor's and the agent's debug on",
+    )
     bld.set_defaults(func=cmd_build)
 
     kern = sub.add_parser("kernel", help="fetch Debian's kernel or build ours")
@@ -108,7 +114,7 @@ def parser() -> argparse.ArgumentParser:
         help="debian: trixie's cloud kernel (default); build: linux-source + kernel-config/",
     )
     kern.add_argument(
-        "--output", type=Path, default=build.Options.output, help="default: build/ in the checkout"
+        "--output", type=Path, default=build.Options.output, help="default: build/ here"
     )
     kern.add_argument("--mirror", help=mirror_help)
     kern.set_defaults(func=cmd_kernel)

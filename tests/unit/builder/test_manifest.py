@@ -1,10 +1,9 @@
-"""manifest.json contents, the up-to-date check and the configuration.toml snippet."""
+"""manifest.json contents and the up-to-date check."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 
 from pykata.builder import manifest
@@ -78,15 +77,3 @@ def test_debian_packages_from_mkosi_manifest(tmp_path: Path) -> None:
         {"type": "deb", "name": "kmod", "version": "34.2-2", "architecture": "amd64"},
     ]}))  # fmt: skip
     assert manifest.debian_packages(path) == {"crun": "1.21-1", "kmod": "34.2-2"}
-
-
-def test_snippet_is_valid_toml_for_each_flavour(tmp_path: Path) -> None:
-    initrd = tomllib.loads(manifest.snippet(tmp_path, "vmlinuz", "initrd", "kata-initrd.img"))
-    assert initrd["kernel"] == str(tmp_path.resolve() / "vmlinuz")
-    assert initrd["initrd"] == str(tmp_path.resolve() / "kata-initrd.img")
-    assert "image" not in initrd
-    assert "kernel_params" in initrd
-    image = tomllib.loads(manifest.snippet(tmp_path, "vmlinuz", "image", "kata-rootfs.img"))
-    assert image["image"] == str(tmp_path.resolve() / "kata-rootfs.img")
-    assert "initrd" not in image
-    assert image["rootfs_type"] == "ext4"
