@@ -1,0 +1,167 @@
+"""containerd from Debian, started for a test in a mount namespace of its own.
+
+The namespace gets a fresh /run (the Kata shim's /run/vc and /run/kata-containers, and the
+syslog socket the shim insists on, live and die there), a writable /sys/fs/cgroup when the
+host's top level is a read-only tmpfs (the host's hierarchies bound into a fresh tmpfs), and
+nothing of the machine is remounted. containerd's own root, state and socket are in the
+test's folder; `ctr` runs inside the same namespace (nsenter), so the FIFOs it makes for stdio
+are the ones the shim opens. The CRI plugin is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+NAMESPACE = "pykata-test"
+START_TIMEOUT = 30.0
+
+_SETUP = r"""
+mount -t tmpfs -o mode=755 run /run
+mkdir -p /run/lock
+touch /run/syslog
+mount --bind "$WORK/syslog.sock" /run/syslog
+if ! mkdir /sys/fs/cgroup/.pykata-probe 2>/dev/null; then
+    mkdir -p "$WORK/host-cgroup"
+    mount --rbind /sys/fs/cgroup "$WORK/host-cgroup"
+    mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+    for hierarchy in "$WORK"/host-cgroup/*; do
+        name=${hierarchy##*/}
+        if [ -L "$hierarchy" ]; then
+            ln -s "$(readlink "$hierarchy")" "/sys/fs/cgroup/$name"
+        else
+            mkdir "/sys/fs/cgroup/$name"
+            mount --rbind "$hierarchy" "/sys/fs/cgroup/$name"
+        fi
+    done
+else
+    rmdir /sys/fs/cgroup/.pykata-probe
+fi
+exec containerd --config "$WORK/config.toml"
+"""
+
+_CONFIG = """version = 2
+root = "{work}/root"
+state = "{work}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{work}/containerd.sock"
+
+[debug]
+  level = "info"
+"""
+
+
+class SyslogSink:
+    """A datagram socket standing in for the machine's syslog: the Kata shim refuses to start
+    without one. What it receives is kept in a file for failed tests to show."""
+
+    def __init__(self, path: Path, log: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.log = log
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with self.log.open("ab") as out:
+            while True:
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    return
+                out.write(data.rstrip(b"\n") + b"\n")
+                out.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Containerd:
+    def __init__(self, work: Path, path_dirs: list[Path], env: dict[str, str]) -> None:
+        self.work = work
+        self.socket = work / "containerd.sock"
+        self._path_dirs = path_dirs
+        self._env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.syslog: SyslogSink | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.work / "containerd.log"
+
+    def start(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "config.toml").write_text(_CONFIG.format(work=self.work))
+        self.syslog = SyslogSink(self.work / "syslog.sock", self.work / "syslog.log")
+        path = os.pathsep.join([*map(str, self._path_dirs), os.environ["PATH"]])
+        env = {**os.environ, **self._env, "PATH": path, "WORK": str(self.work)}
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-euc", _SETUP],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def ctr(
+        self, *args: str, timeout: float = 300, stdin: int | None = subprocess.DEVNULL
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.process is not None
+        command = [
+            "nsenter", "-t", str(self.process.pid), "-m", "--",
+            "ctr", "--address", str(self.socket), "--namespace", NAMESPACE, *args,
+        ]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=stdin)
+
+    def in_namespace(self, *command: str) -> subprocess.CompletedProcess[str]:
+        """A command in containerd's mount namespace (to look at its /run)."""
+        assert self.process is not None
+        return subprocess.run(
+            ["nsenter", "-t", str(self.process.pid), "-m", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def shims(self) -> list[int]:
+        """Shim processes serving this containerd (they outlive it by design)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            is_shim = cmdline[0].endswith((b"containerd-shim-kata-v2", b"containerd-shim-runc-v2"))
+            if is_shim and str(self.socket).encode() in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in self.shims():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.syslog is not None:
+            self.syslog.close()
