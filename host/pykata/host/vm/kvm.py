@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from pykata.host.vm.process import die_with_parent
 from pykata.host.vm.qemu import QEMU_BINARY
 
 PROBE_TIMEOUT = 20.0
@@ -41,18 +42,34 @@ def boot_probe(kernel: Path) -> bool:
         ]  # fmt: skip
         # A hang is an answer too; the console tells how far it got.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(cmd, capture_output=True, timeout=PROBE_TIMEOUT, check=False)
+            subprocess.run(
+                cmd,
+                capture_output=True,
+                timeout=PROBE_TIMEOUT,
+                check=False,
+                preexec_fn=die_with_parent,
+            )
         text = console.read_text(errors="replace") if console.exists() else ""
     return any(mark in text for mark in LATE_BOOT_MARKS)
 
 
-def kvm_works(kernel: Path) -> bool:
-    """True when QEMU can boot ``kernel`` with KVM here (cached per host boot)."""
+def known_verdict(kernel: Path) -> bool | None:
+    """kvm_works's answer when it costs nothing (no /dev/kvm, or probed this host boot),
+    else None."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     cache = _cache_file(kernel)
     if cache.exists():
         return cache.read_text() == "kvm"
+    return None
+
+
+def kvm_works(kernel: Path) -> bool:
+    """True when QEMU can boot ``kernel`` with KVM here (cached per host boot)."""
+    known = known_verdict(kernel)
+    if known is not None:
+        return known
+    cache = _cache_file(kernel)
     works = boot_probe(kernel)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text("kvm" if works else "tcg")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -34,13 +33,13 @@ from typing import BinaryIO
 
 from pykata.host.vm import qemu, virtiofsd
 from pykata.host.vm.kvm import kvm_works
+from pykata.host.vm.process import die_with_parent, terminate, wait_exit
 from pykata.host.vm.sharedfs import make_shared_mount, remove_shared_mount
 from pykata.host.vm.state import AGENT_PORT, process_alive
 
 log = logging.getLogger(__name__)
 
 VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
-PR_SET_PDEATHSIG = 1
 UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
 # Seconds each process gets to exit by itself before SIGTERM, in stop order: QEMU after
 # QMP quit, virtiofsd once QEMU hung up; the vsock back-end serves until told to stop.
@@ -56,10 +55,6 @@ def remove_sockets(workdir: Path) -> None:
     names = ["qmp.sock", "vhost-vsock.sock", "vsock.sock", "virtiofsd.sock"]
     for path in [workdir / n for n in names]:
         path.unlink(missing_ok=True)
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _listening(path: Path) -> bool:
@@ -190,7 +185,7 @@ class VM:
             stdout=stdout if stdout is not None else logfile,
             stderr=logfile,
             start_new_session=self.detach,
-            preexec_fn=None if self.detach else _die_with_parent,
+            preexec_fn=None if self.detach else die_with_parent,
         )
         self.procs[role] = proc
         return proc
@@ -292,14 +287,14 @@ class VM:
             if powerdown_timeout > 0:
                 with contextlib.suppress(OSError, TimeoutError):
                     await qemu.qmp(qmp_socket, "system_powerdown")
-                    await _wait(qemu_proc, powerdown_timeout)
+                    await wait_exit(qemu_proc, powerdown_timeout)
             if qemu_proc.poll() is None:
                 with contextlib.suppress(OSError, TimeoutError, ValueError):
                     await qemu.qmp(qmp_socket, "quit")
         for role, exits_alone in EXIT_GRACE.items():
             proc = self.procs.get(role)
             if proc is not None:
-                await _terminate(proc, exits_alone)
+                await terminate(proc, exits_alone)
         self.procs.clear()
         for f in self._logs:
             f.close()
@@ -309,26 +304,6 @@ class VM:
             remove_shared_mount(self.shared_dir)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-async def _wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-async def _terminate(proc: subprocess.Popen[bytes], exits_alone: float) -> None:
-    if await _wait(proc, exits_alone):
-        return
-    proc.terminate()
-    if not await _wait(proc, 5.0):
-        proc.kill()
-        await _wait(proc, 5.0)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 async def stop_detached(
