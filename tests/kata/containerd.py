@@ -2,8 +2,9 @@
 
 The namespace gets a fresh /run (the Kata shim's /run/vc and /run/kata-containers, and the
 syslog socket the shim insists on, live and die there), a writable /sys/fs/cgroup when the
-host's top level is a read-only tmpfs (the host's hierarchies bound into a fresh tmpfs), and
-nothing of the machine is remounted. containerd's own root, state and socket are in the
+host's top level is a read-only tmpfs (the host's hierarchies bound into a fresh tmpfs; the
+shim's sandbox cgroups in them are real and removed with the sandbox), and nothing of the
+machine is remounted. containerd's own root, state and socket are in the
 test's folder; `ctr` runs inside the same namespace (nsenter), so the FIFOs it makes for stdio
 are the ones the shim opens. The CRI plugin is off.
 """
@@ -35,9 +36,13 @@ if ! mkdir /sys/fs/cgroup/.pykata-probe 2>/dev/null; then
         name=${hierarchy##*/}
         if [ -L "$hierarchy" ]; then
             ln -s "$(readlink "$hierarchy")" "/sys/fs/cgroup/$name"
-        else
+        elif mountpoint -q "$hierarchy"; then
             mkdir "/sys/fs/cgroup/$name"
             mount --rbind "$hierarchy" "/sys/fs/cgroup/$name"
+        else
+            # A controller this machine does not mount (e.g. net_cls): the shim still
+            # makes its folder there, so it gets a plain writable one.
+            mkdir "/sys/fs/cgroup/$name"
         fi
     done
 else
@@ -165,3 +170,16 @@ class Containerd:
                 os.kill(pid, signal.SIGKILL)
         if self.syslog is not None:
             self.syslog.close()
+        remove_namespace_cgroups()
+
+
+def remove_namespace_cgroups() -> None:
+    """containerd and the shims put cgroups below /<namespace> in every hierarchy and leave
+    that folder itself; it is ours, so it goes (rmdir: only empty cgroups can)."""
+    for top in Path("/sys/fs/cgroup").glob(f"*/{NAMESPACE}"):
+        for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir():
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
