@@ -23,6 +23,14 @@ async def rig() -> AsyncIterator[Rig]:
         yield r
 
 
+@pytest.fixture
+async def refusing_rig() -> AsyncIterator[Rig]:
+    """A back-end that refuses a CONNECT the guest cannot answer at once (no holding:
+    tests/unit/host/test_vsock_hold.py covers that)."""
+    async with open_rig(connect_timeout=0) as r:
+        yield r
+
+
 @deadline(20)
 async def test_config_space_carries_the_guest_cid(rig: Rig) -> None:
     assert rig.driver.cid == GUEST_CID
@@ -54,7 +62,8 @@ async def test_hybrid_handshake_and_both_directions(rig: Rig) -> None:
 
 
 @deadline(20)
-async def test_refused_connection_closes_the_client(rig: Rig) -> None:
+async def test_refused_connection_closes_the_client(refusing_rig: Rig) -> None:
+    rig = refusing_rig
     reader, writer = await rig.client(6000)
     ((req, _),) = await rig.driver.wait_packets()
     rig.driver.send(rig.driver.packet(Op.RST, 6000, req.src_port))
@@ -268,7 +277,8 @@ async def test_frontend_reconnect_starts_afresh(rig: Rig) -> None:
 
 
 @deadline(20)
-async def test_connect_without_a_guest_is_closed(rig: Rig) -> None:
+async def test_connect_without_a_guest_is_closed(refusing_rig: Rig) -> None:
+    rig = refusing_rig
     rig.driver.close()
     await asyncio.sleep(0.02)
     reader, writer = await rig.client(5000)
@@ -339,8 +349,9 @@ async def test_host_greeting_sent_at_accept_reaches_the_guest(rig: Rig) -> None:
 
 @deadline(20)
 async def test_connect_to_a_silent_guest_times_out(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    refusing_rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    rig = refusing_rig
     monkeypatch.setattr(muxer_module, "CONNECT_TIMEOUT", 0.2)
     reader, writer = await rig.client(5000)
     ((req, _),) = await rig.driver.wait_packets()

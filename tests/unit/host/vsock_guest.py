@@ -24,6 +24,7 @@ from typing import Any
 from pykata.host.vsock import vhost_user as vu
 from pykata.host.vsock.muxer import HostStream, VsockMuxer
 from pykata.host.vsock.packet import HEADER_SIZE, HOST_CID, TYPE_STREAM, Header, Op
+from pykata.host.vsock.pending import DEFAULT_CONNECT_TIMEOUT
 
 AsyncTest = Callable[..., Awaitable[None]]
 MEM_SIZE = 2 << 20
@@ -221,6 +222,8 @@ class GuestDriver:
         return packets
 
     def close(self) -> None:
+        if self.sock.fileno() < 0:
+            return  # closed already
         self.mem.release()
         self._map.close()
         for fd in (self.memfd, *self.kick, *self.call):
@@ -280,17 +283,23 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def open_rig() -> AsyncIterator[Rig]:
-    """A back-end (muxer, hybrid listener, vhost-user listener) with a started test guest."""
+async def open_rig(
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, start: bool = True
+) -> AsyncIterator[Rig]:
+    """A back-end (muxer, hybrid listener, vhost-user listener) with a started test guest
+    (``start=False``: no front-end yet, call ``reconnect_frontend`` to boot the guest)."""
     loop = asyncio.get_running_loop()
     with tempfile.TemporaryDirectory(prefix="vsock-") as tmp:
         uds, vhost = Path(tmp) / "v.sock", Path(tmp) / "vhost.sock"
-        muxer = VsockMuxer(GUEST_CID, str(uds))
+        muxer = VsockMuxer(GUEST_CID, str(uds), connect_timeout)
         server = await loop.create_unix_server(lambda: HostStream(muxer, None), str(uds))
         listener = vu.Listener(str(vhost), muxer, 2, loop)
         r = Rig(None, muxer, listener, uds, vhost)  # type: ignore[arg-type]
-        await r.reconnect_frontend()
+        if start:
+            await r.reconnect_frontend()
         yield r
         listener.close()
         server.close()
-        r.driver.close()
+        muxer.close()
+        if r.driver is not None:
+            r.driver.close()

@@ -2,6 +2,9 @@
 
     python -m pykata.host.vsock --socket vhost.sock --uds-path vsock.sock --guest-cid 3
 
+A CONNECT the guest cannot answer yet (vsock not up, port not listening) is held and
+retried for up to --connect-timeout seconds; 0 refuses it at once.
+
 Prints ``READY`` on stdout once both sockets listen; exits cleanly on SIGTERM/SIGINT.
 """
 
@@ -16,6 +19,7 @@ import signal
 import sys
 
 from pykata.host.vsock.muxer import HostStream, VsockMuxer
+from pykata.host.vsock.pending import DEFAULT_CONNECT_TIMEOUT
 from pykata.host.vsock.vhost_user import Listener
 
 
@@ -24,16 +28,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket", required=True, help="vhost-user socket QEMU connects to")
     parser.add_argument("--uds-path", required=True, help="hybrid vsock socket for host clients")
     parser.add_argument("--guest-cid", type=int, default=3, help="the guest's CID (>= 3)")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="hold a CONNECT until the guest accepts it, at most this long "
+        "(default %(default)g; 0: refuse at once when the guest cannot answer)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every session event")
     args = parser.parse_args(argv)
     if args.guest_cid < 3:
         parser.error("--guest-cid must be 3 or more (0-2 are reserved)")
+    if not args.connect_timeout >= 0:
+        parser.error("--connect-timeout must be 0 or more")
     return args
 
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    muxer = VsockMuxer(args.guest_cid, args.uds_path)
+    muxer = VsockMuxer(args.guest_cid, args.uds_path, args.connect_timeout)
     for path in (args.socket, args.uds_path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -48,7 +62,7 @@ async def serve(args: argparse.Namespace) -> None:
     finally:
         listener.close()
         server.close()
-        muxer.rings_stopped()
+        muxer.close()
         for path in (args.socket, args.uds_path):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -2,14 +2,17 @@
 
 Host-initiated: a client connects to ``uds_path`` and writes ``CONNECT <port>\\n``; once the
 guest accepts it reads ``OK <local port>\\n`` and then has a byte stream (a refused
-connection is closed without a reply). Guest-initiated: a connection to host port N is
-forwarded to the unix socket ``<uds_path>_<N>`` (Firecracker's convention).
+connection is closed without a reply). A CONNECT the guest cannot answer yet (its vsock is
+not up, or nobody listens on the port) is held and retried until the connect timeout (see
+``pending``); a timeout of 0 refuses it at once. Guest-initiated: a connection to host port
+N is forwarded to the unix socket ``<uds_path>_<N>`` (Firecracker's convention).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from pykata.host.vsock.packet import (
     Header,
     Op,
 )
+from pykata.host.vsock.pending import DEFAULT_CONNECT_TIMEOUT, HeldConnects
 from pykata.host.vsock.vhost_user import Session
 from pykata.host.vsock.virtqueue import Chain, GuestMemory, GuestMemoryError, Virtqueue
 
@@ -37,7 +41,7 @@ BUF_ALLOC = 1 << 20  # our receive buffer per connection, advertised to the gues
 PENDING_LIMIT = 256 << 10  # host bytes read ahead per connection before reading pauses
 MAX_CONNECT_LINE = 64
 CLOSE_TIMEOUT = 10.0  # how long a closed host side waits for the guest's RST
-CONNECT_TIMEOUT = 10.0  # how long a CONNECT waits for the guest's answer (a hung guest)
+CONNECT_TIMEOUT = 10.0  # how long one REQUEST waits for the guest's answer (a hung guest)
 FIRST_LOCAL_PORT = 1 << 30  # host ports handed to CONNECT clients (as Firecracker does)
 CID_CONFIG = struct.Struct("<Q")
 SHUTTING = (State.ESTABLISHED, State.CLOSING)  # states in which a SHUTDOWN may go out
@@ -135,6 +139,16 @@ class HostStream(asyncio.Protocol):
         if self.transport is not None and self.transport.can_write_eof():
             self.transport.write_eof()
 
+    def peer_gone(self) -> bool:
+        """After EOF: True when the client closed its socket rather than only its sending
+        side (a unix socket whose peer closed polls as POLLHUP, a half-closed one does not)."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+
 
 def scatter(bufs: list[memoryview], pieces: tuple[bytes | memoryview, ...]) -> int:
     """Copy ``pieces`` into consecutive guest buffers; returns the byte count."""
@@ -197,9 +211,12 @@ def gather(chain: Chain) -> tuple[Header, list[memoryview]]:
 class VsockMuxer:
     """The vhost-user device behind ``vhost-user-vsock-pci`` plus the hybrid listener."""
 
-    def __init__(self, guest_cid: int, uds_path: str) -> None:
+    def __init__(
+        self, guest_cid: int, uds_path: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
         self.guest_cid = guest_cid
         self.uds_path = uds_path
+        self.held = HeldConnects(connect_timeout, self._request, self._give_up)
         self.conns: dict[tuple[int, int], Connection] = {}
         self.streams: dict[tuple[int, int], HostStream] = {}
         self._memory: GuestMemory | None = None
@@ -220,13 +237,18 @@ class VsockMuxer:
         self._memory = session.memory
         self._rx, self._tx = session.queues[RX_QUEUE], session.queues[TX_QUEUE]
         log.info("guest vsock up (cid %d)", self.guest_cid)
+        self.held.guest_up()
 
     def rings_stopped(self) -> None:
-        """The guest's vsock went away: every connection of the old guest is dead."""
+        """The guest's vsock went away: every connection of the old guest is dead; held
+        CONNECTs wait for the next one."""
         log.info("guest vsock stopped; closing %d connections", len(self.conns))
         self._memory = self._rx = self._tx = None
-        for key in list(self.conns):
-            self._forget(key)
+        for key, conn in list(self.conns.items()):
+            if self.held.guest_down(conn):
+                self._detach(conn)
+            else:
+                self._forget(key)
         self._control.clear()
         self._ready.clear()
         for task in self._tasks:
@@ -240,6 +262,11 @@ class VsockMuxer:
         except GuestMemoryError as exc:
             log.error("bad guest ring state, device stopped until reset: %s", exc)
             self._memory = self._rx = self._tx = None
+
+    def close(self) -> None:
+        """The back-end stops: close every connection, held ones too."""
+        self.rings_stopped()
+        self.held.close()
 
     @property
     def guest_up(self) -> bool:
@@ -256,18 +283,48 @@ class VsockMuxer:
         if port > 0xFFFFFFFF:
             self.refuse(stream, f"port {port} out of range")
             return
-        if not self.guest_up:
+        conn = Connection(0, port, State.CONNECTING, BUF_ALLOC)  # port: see _request
+        conn.queue(rest)
+        stream.conn = conn
+        if self.held.timeout > 0:
+            self.held.hold(conn, stream)
+        elif not self._request(conn, stream):
             # Clients poll like this while the guest boots: not worth a log line each.
             log.debug("closing hybrid client: guest vsock is not running")
             stream.close()
-            return
-        conn = Connection(self._allocate_port(), port, State.CONNECTING, BUF_ALLOC)
-        conn.queue(rest)
-        stream.conn = conn
+
+    def _request(self, conn: Connection, stream: HostStream | None = None) -> bool:
+        """Ask the guest to accept ``conn`` (from a fresh host port); False when the
+        guest's vsock is not up."""
+        if not self.guest_up:
+            return False
+        stream = stream or self.held.stream(conn)
+        assert stream is not None
+        conn.local_port = self._allocate_port()
         self._add(conn, stream)
         self._arm(conn, CONNECT_TIMEOUT)
         self._send_control(conn, Op.REQUEST)
         self._flush_rx()
+        return True
+
+    def _give_up(self, conn: Connection, stream: HostStream, requests: int) -> None:
+        """A held CONNECT ran out of time: refuse it (reset a request in flight)."""
+        log.info(
+            "closing hybrid client for guest port %d: not accepted within %gs (%d requests)",
+            conn.peer_port, self.held.timeout, requests,
+        )  # fmt: skip
+        if self.conns.get(conn.key) is conn:
+            self._send_control(conn, Op.RST)
+            self._forget(conn.key)
+            self._flush_rx()
+        stream.close()
+
+    def _refused(self, conn: Connection) -> None:
+        """The guest reset (or ignored) our REQUEST: retry a held CONNECT, else close."""
+        if conn.state is State.CONNECTING and self.held.refused(conn):
+            self._detach(conn)
+        else:
+            self._forget(conn.key)
 
     def refuse(self, stream: HostStream, why: str) -> None:
         log.info("closing hybrid client: %s", why)
@@ -277,20 +334,27 @@ class VsockMuxer:
         if conn.state is State.CLOSING:
             return
         conn.queue(data)
-        stream = self.streams.get(conn.key)
+        stream = self._stream_of(conn)
         if stream is not None and conn.pending_bytes >= PENDING_LIMIT:
             stream.pause_reading()
         self._schedule(conn)
         self._flush_rx()
 
     def host_eof(self, conn: Connection) -> None:
+        stream = self._stream_of(conn)
+        if conn in self.held and stream is not None and stream.peer_gone():
+            # Hung up while held: forget it now, not at the deadline or the guest's answer.
+            self.host_closed(conn)
+            stream.close()
+            return
         conn.shutdown_after_drain |= SHUTDOWN_SEND
         self._after_drain(conn)
         self._flush_rx()
 
     def host_closed(self, conn: Connection) -> None:
         """The host socket is gone: deliver what it sent, then shut the guest side down."""
-        if conn.key not in self.conns:
+        self.held.release(conn)
+        if self.conns.get(conn.key) is not conn:
             return
         self.streams.pop(conn.key, None)
         if conn.state is not State.ESTABLISHED:
@@ -326,7 +390,7 @@ class VsockMuxer:
         if self.conns.get(conn.key) is conn:
             log.info("guest port %d did not answer in time; resetting", conn.peer_port)
             self._send_control(conn, Op.RST)
-            self._forget(conn.key)
+            self._refused(conn)
             self._flush_rx()
 
     # connection table
@@ -348,9 +412,21 @@ class VsockMuxer:
         conn = self.conns.pop(key, None)
         if conn is not None:
             self._disarm(conn)
+            self.held.release(conn)
         stream = self.streams.pop(key, None)
         if stream is not None:
             stream.close()
+
+    def _detach(self, conn: Connection) -> None:
+        """Take a held connection out of the table, its client stream left open."""
+        self._disarm(conn)
+        del self.conns[conn.key]
+        self.streams.pop(conn.key, None)
+
+    def _stream_of(self, conn: Connection) -> HostStream | None:
+        if self.conns.get(conn.key) is conn:
+            return self.streams.get(conn.key)
+        return self.held.stream(conn)
 
     # guest -> host
 
@@ -398,6 +474,7 @@ class VsockMuxer:
         if hdr.op == Op.RESPONSE:
             if conn.state is State.CONNECTING and stream is not None:
                 self._disarm(conn)
+                self.held.release(conn)
                 conn.state = State.ESTABLISHED
                 stream.write(f"OK {conn.local_port}\n".encode())
                 self._after_drain(conn)
@@ -416,7 +493,7 @@ class VsockMuxer:
         elif hdr.op == Op.SHUTDOWN:
             self._guest_shutdown(conn, stream, hdr.flags)
         elif hdr.op == Op.RST:
-            self._forget(key)
+            self._refused(conn)
         self._schedule(conn)
 
     def _guest_request(self, hdr: Header, conn: Connection | None) -> None:
