@@ -83,9 +83,11 @@ class VM:
         guest_cid: int = 3,
         detach: bool = False,
         start_timeout: float = 30.0,
+        vsock_connect_timeout: float | None = None,
     ) -> None:
         """``accel`` None probes KVM and falls back to TCG; ``detach`` lets the processes
-        outlive this one (``kata-agent-ctl vm up``)."""
+        outlive this one (``kata-agent-ctl vm up``); ``vsock_connect_timeout`` is our vsock
+        back-end's ``--connect-timeout`` (None: its default)."""
         self.kernel = Path(kernel)
         self.initrd = Path(initrd)
         self.shared_dir = Path(shared_dir) if shared_dir is not None else None
@@ -100,6 +102,7 @@ class VM:
         self.guest_cid = guest_cid
         self.detach = detach
         self.start_timeout = start_timeout
+        self.vsock_connect_timeout = vsock_connect_timeout
         self.kernel_vsock = VHOST_VSOCK_DEVICE.exists()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[BinaryIO] = []
@@ -209,6 +212,8 @@ class VM:
             sys.executable, "-m", "pykata.host.vsock", "--socket", str(socket),
             "--uds-path", str(self.hybrid_socket), "--guest-cid", str(self.guest_cid),
         ]  # fmt: skip
+        if self.vsock_connect_timeout is not None:
+            cmd += ["--connect-timeout", str(self.vsock_connect_timeout)]
         proc = self._spawn("vsock", cmd, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         try:
