@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 
 from pykata.agent.errors import InvalidArgument
 
@@ -35,6 +36,12 @@ def validate_exec_id(eid: str) -> str:
 
 def validate_sandbox_id(sid: str) -> str:
     return _validate_id("sandbox id", sid)
+
+
+def validate_signal(sig: int) -> int:
+    if not 0 < sig < signal.NSIG:
+        raise InvalidArgument(f"invalid signal {sig}")
+    return sig
 
 
 def safe_join(root: str, path: str) -> str:

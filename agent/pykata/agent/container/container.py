@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pykata.agent import log
 from pykata.agent.cgroups import Cgroup, open_cgroup
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.runtime import STATE_ROOT, OciRuntime, RuntimeFailure
+from pykata.agent.container.spec import process_defaults
 from pykata.agent.errors import AlreadyExists, FailedPrecondition, NotFound
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import ConsoleSocket
+from pykata.agent.process.table import ProcessTable
 from pykata.agent.reaper import Reaper
 from pykata.agent.storage.manager import StorageManager
 
-log = logging.getLogger("kata-agent.container")
+logger = log.get("container")
 
 # Bound on waiting for a started init to exec its program (steps of 2 ms: 2 s).
 EXEC_WAIT_STEPS = 1000
@@ -56,9 +58,7 @@ class Container:
         self.cgroup: Cgroup = open_cgroup(spec["linux"]["cgroupsPath"])
         self.state = State.CREATED
         self.init: Process | None = None
-        self.processes: dict[str, Process] = {}
-        # Waited-for processes whose output the host has not read to the end yet.
-        self.draining: dict[str, Process] = {}
+        self._processes = ProcessTable()
         self._oom_task: asyncio.Task[None] | None = None
         self._init_tracker: asyncio.Future[None] | None = None
         self._destroyed = False
@@ -75,7 +75,7 @@ class Container:
         )
         process.started(pid, self.reaper)
         self.init = process
-        self.processes[exec_id] = process
+        self._processes.add(process)
         self._init_tracker = asyncio.ensure_future(self._track_init(process))
 
     async def _spawn(
@@ -130,7 +130,9 @@ class Container:
         try:
             notifier = self.cgroup.open_oom_notifier()
         except OSError as exc:
-            log.warning("no OOM events for container: %s", exc, extra={"container": self.id})
+            logger.warning(
+                "no OOM events for container", extra={"container": self.id, "error": str(exc)}
+            )
             return
 
         async def watch() -> None:
@@ -139,7 +141,7 @@ class Container:
                     count = await notifier.wait()
                     if count == 0:
                         return
-                    log.info("OOM in container", extra={"container": self.id})
+                    logger.info("OOM in container", extra={"container": self.id})
                     for _ in range(count):
                         on_oom(self.id)
             finally:
@@ -154,14 +156,17 @@ class Container:
                 await self._oom_task
         self._oom_task = None
 
-    async def exec(self, exec_id: str, process_spec: dict[str, Any]) -> Process:
-        if exec_id in self.processes:
+    async def exec(self, exec_id: str, process_spec: dict[str, Any]) -> None:
+        """Start one more process as ``process_spec`` (OCI JSON) says, with the defaults an
+        init gets for what it leaves out."""
+        if exec_id in self._processes:
             raise AlreadyExists(f"exec id {exec_id} already exists in container {self.id}")
         if self.state is not State.RUNNING:
             raise FailedPrecondition(f"container {self.id} is {self.state.value}, not running")
+        process_defaults(process_spec)
         process = Process(exec_id, init=False, terminal=bool(process_spec.get("terminal")))
         # Reserve the exec id while the runtime works.
-        self.processes[exec_id] = process
+        self._processes.add(process)
         try:
             pid = await self._spawn(
                 process,
@@ -170,46 +175,59 @@ class Container:
                 ),
             )
         except BaseException:
-            del self.processes[exec_id]
+            self._processes.discard(process)
             raise
         process.started(pid, self.reaper)
-        return process
+        logger.info("process started", extra={"container": self.id, "exec_id": exec_id})
 
     def find_process(self, exec_id: str) -> Process:
-        """The process of ``exec_id``; an empty id means the container's init."""
+        """The live process of ``exec_id``; an empty id means the container's init."""
         if not exec_id:
-            if self.init is not None and self.init.exec_id in self.processes:
+            if self.init is not None and self.init.exec_id in self._processes:
                 return self.init
             raise NotFound(f"container {self.id} has no init process any more")
-        process = self.processes.get(exec_id)
+        process = self._processes.live(exec_id)
         if process is None:
             raise NotFound(f"process {exec_id} not found in container {self.id}")
         return process
 
-    def find_output(self, exec_id: str) -> Process:
+    def _find_output(self, exec_id: str) -> Process:
         """The process whose output to read: a live one, or a waited-for one still draining."""
-        if not exec_id and self.init is not None and self.init.exec_id not in self.processes:
+        if not exec_id and self.init is not None and self.init.exec_id not in self._processes:
             exec_id = self.init.exec_id
-        draining = self.draining.get(exec_id)
-        if exec_id not in self.processes and draining is not None:
-            return draining
-        return self.find_process(exec_id)
+        return self._processes.readable(exec_id) or self.find_process(exec_id)
 
-    async def forget(self, process: Process) -> None:
-        """Drop a waited-for process; its unread output stays readable until EOF."""
-        if self.processes.get(process.exec_id) is process:
-            del self.processes[process.exec_id]
-        if process.output_drained or self._destroyed:
-            await self.release_output(process)
-        else:
-            if process.stdin is not None:
-                process.stdin.release()
-            self.draining[process.exec_id] = process
+    async def wait_process(self, exec_id: str) -> int:
+        """The exit status; every waiter gets it, the first one back retires the process."""
+        process = self.find_process(exec_id)
+        status = await process.wait()
+        await self._processes.waited(process)
+        return status
 
-    async def release_output(self, process: Process) -> None:
-        if self.draining.get(process.exec_id) is process:
-            del self.draining[process.exec_id]
-        await process.release()
+    async def signal_process(self, exec_id: str, sig: int) -> None:
+        # Kata's encoding of "all processes": no exec id and SIGKILL.
+        if not exec_id and sig == signal.SIGKILL:
+            await self.signal_all(sig)
+            return
+        process = self.find_process(exec_id)
+        # An init without a SIGTERM handler would ignore it (pid 1 of its namespace): Kata
+        # turns that into SIGKILL.
+        if process.init and sig == signal.SIGTERM and not process.catches(sig):
+            sig = signal.SIGKILL
+        process.signal(sig)
+
+    async def read_stdout(self, exec_id: str, size: int) -> bytes:
+        process = self._find_output(exec_id)
+        if process.stdout is None:
+            raise FailedPrecondition("the process has no stdout")
+        return await self._processes.read(process, process.stdout, size)
+
+    async def read_stderr(self, exec_id: str, size: int) -> bytes:
+        process = self._find_output(exec_id)
+        if process.stderr is None:
+            # A terminal merges stderr into stdout: there is nothing to read here.
+            return b""
+        return await self._processes.read(process, process.stderr, size)
 
     async def pause(self) -> None:
         if self.state is not State.RUNNING:
@@ -235,7 +253,7 @@ class Container:
             await self.cgroup.freeze(True)
             frozen = True
         except OSError as exc:
-            log.warning("freeze failed: %s", exc, extra={"container": self.id})
+            logger.warning("freeze failed", extra={"container": self.id, "error": str(exc)})
         try:
             for pid in self.cgroup.pids():
                 with contextlib.suppress(ProcessLookupError):
@@ -257,13 +275,11 @@ class Container:
                     await self.cgroup.freeze(False)
         with contextlib.suppress(RuntimeFailure):
             await self.runtime.delete(self.id)
-        for process in list(self.processes.values()):
+        for process in self._processes.live_processes():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await process.wait()
-            await self.forget(process)
-        for process in list(self.draining.values()):
-            await self.release_output(process)
+        await self._processes.release_all()
         await self._stop_oom_watch()
         if self._init_tracker is not None and not self._init_tracker.done():
             self._init_tracker.cancel()
@@ -295,4 +311,4 @@ async def _until_exec(process: Process, runtime_exe: str | None) -> None:
         if exe is None or exe != runtime_exe:
             return
         await asyncio.sleep(0.002)
-    log.warning("container init still in the runtime after start", extra={"pid": process.pid})
+    logger.warning("container init still in the runtime after start", extra={"pid": process.pid})

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from dataclasses import dataclass
 
-from pykata.agent.process.stdio import InputStream, OutputStream, set_pipe_size
+from pykata.agent import log
+from pykata.agent.errors import FailedPrecondition, Unavailable
+from pykata.agent.process.stdio import InputStream, OutputStream, set_pipe_size, set_window_size
 from pykata.agent.reaper import Reaper, exit_code
 
-log = logging.getLogger("kata-agent.process")
+logger = log.get("process")
 
 # How long a pty may take to hand its last output to the master after the writer exited.
 PTY_FLUSH_GRACE = 0.5
@@ -70,7 +71,7 @@ class Process:
     async def _watch(self, status_fut: asyncio.Future[int]) -> None:
         status = await status_fut
         self.exit_status = exit_code(status)
-        log.info("process exited", extra={"exec_id": self.exec_id, "pid": self.pid})
+        logger.info("process exited", extra={"exec_id": self.exec_id, "pid": self.pid})
         grace = PTY_FLUSH_GRACE if self.tty_master is not None else 0.0
         await asyncio.gather(
             *(s.finish(grace) for s in (self.stdout, self.stderr) if s is not None)
@@ -89,6 +90,40 @@ class Process:
     @property
     def output_drained(self) -> bool:
         return all(s.drained for s in (self.stdout, self.stderr) if s is not None)
+
+    def catches(self, sig: int) -> bool:
+        """Whether the process has a handler for ``sig`` (SigCgt in /proc/<pid>/status)."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("SigCgt:"):
+                        return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+        except FileNotFoundError:  # already gone
+            pass
+        return False
+
+    async def write_stdin(self, data: bytes) -> int:
+        """Write all of ``data``; empty ``data`` closes stdin (the host's way to send EOF)."""
+        if self.stdin is None:
+            raise FailedPrecondition("the process has no stdin")
+        if not data:
+            await self.stdin.close()
+            return 0
+        try:
+            return await self.stdin.write(data)
+        except BrokenPipeError as exc:
+            raise FailedPrecondition(f"stdin of {self.exec_id} is closed") from exc
+
+    async def close_stdin(self) -> None:
+        if self.stdin is not None:
+            await self.stdin.close()
+
+    def resize_tty(self, rows: int, columns: int) -> None:
+        if self.tty_master is None:
+            raise Unavailable("no tty")
+        if self.exited:
+            raise FailedPrecondition("the process has exited")
+        set_window_size(self.tty_master, rows, columns)
 
     def signal(self, sig: int) -> None:
         """Send ``sig``; a process that is already gone is not an error (as Kata does)."""
