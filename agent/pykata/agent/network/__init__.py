@@ -1,0 +1,1 @@
+"""The guest network the host configures: links, addresses, routes, neighbours, iptables."""
