@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pykata.agent import log
 from pykata.agent.errors import FailedPrecondition, InvalidArgument
+from pykata.agent.libc import last_error, libc
 
 logger = log.get("guest")
 
@@ -24,8 +25,6 @@ RNDRESEEDCRNG = 0x5207
 ONLINE_RETRIES = 100
 ONLINE_RETRY_DELAY = 0.05
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 class _Timeval(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
@@ -35,9 +34,8 @@ def set_time(sec: int, usec: int) -> None:
     if not 0 <= usec < 1_000_000 or sec < 0:
         raise InvalidArgument(f"invalid time {sec}s {usec}us")
     tv = _Timeval(sec, usec)
-    if _libc.settimeofday(ctypes.byref(tv), None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"settimeofday: {os.strerror(err)}")
+    if libc.settimeofday(ctypes.byref(tv), None) != 0:
+        raise last_error("settimeofday")
 
 
 def reseed_random(data: bytes) -> None:

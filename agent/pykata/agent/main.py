@@ -1,10 +1,10 @@
-"""kata-agent: configuration, logging, init duties, then serve the agent API until
-DestroySandbox (then power off as PID 1, exit otherwise).
+"""The kata-agent command: configuration, logging, init duties, then the run loop
+(daemon.py) serves the agent API until DestroySandbox (then power off as PID 1, exit otherwise).
 
 As PID 1 nothing may escape: an unexpected error is logged and the VM is powered off on
 purpose instead of letting the kernel panic on a dead init.
 
-This module stays light; the serving part (asyncio and everything on top) is imported once
+This module stays light; the run loop (asyncio and everything on top) is imported once
 the OpenSSL bindings are blocked: asyncio imports ``ssl`` eagerly and ``hashlib`` prefers
 ``_hashlib``, together ~5 MB of RSS for a daemon that never speaks TLS (hashlib falls back to
 its built-in implementations).
@@ -76,9 +76,9 @@ def serving_module() -> ModuleType:
         sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
     for name in DEFERRED_MODULES:
         lazyimport.defer(name)
-    from pykata.agent import service
+    from pykata.agent import daemon
 
-    return service
+    return daemon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(serving_module().run(config))
     try:
         modprobe = pid1.init(config.cgroup_v2)
-        service = serving_module()
+        daemon = serving_module()
         pid1.wait_modules(modprobe)
-        service.run(config)
+        daemon.run(config)
     except BaseException:
         logger.exception("init failed")
     logger.info("powering off")

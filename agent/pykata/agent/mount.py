@@ -5,20 +5,11 @@ No dependency on the ``mount`` binary: the initrd need not carry util-linux.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from collections.abc import Iterable
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+from pykata.agent.libc import last_error, libc
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -105,15 +96,13 @@ def _b(value: str | None) -> bytes | None:
 
 def mount(source: str, target: str, fstype: str | None, flags: int = 0, data: str = "") -> None:
     """mount(2); raises OSError naming the target."""
-    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data) if data else None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {source} on {target} ({fstype}): {os.strerror(err)}", target)
+    if libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data) if data else None) != 0:
+        raise last_error(f"mount {source} on {target} ({fstype})", target)
 
 
 def umount(target: str, flags: int = 0) -> None:
-    if _libc.umount2(_b(target), flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"umount {target}: {os.strerror(err)}", target)
+    if libc.umount2(_b(target), flags) != 0:
+        raise last_error(f"umount {target}", target)
 
 
 def _unescape(field: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ import threading
 
 from pykata.agent import log
 from pykata.agent.errors import FailedPrecondition
+from pykata.agent.libc import last_error, libc
 from pykata.agent.mount import MS_BIND, fstype_of, mount, umount_all
 from pykata.agent.reaper import Reaper
 
@@ -33,8 +33,6 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 FLAGS = {"ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def ns_dir() -> str:
     return f"{NS_ROOT}/{os.getpid()}"
@@ -42,15 +40,13 @@ def ns_dir() -> str:
 
 def _persist_in_thread(kind: str, target: str, hostname: str, result: list[BaseException]) -> None:
     try:
-        if _libc.unshare(FLAGS[kind]) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"unshare({kind}): {os.strerror(err)}")
+        if libc.unshare(FLAGS[kind]) != 0:
+            raise last_error(f"unshare({kind})")
         if kind == "uts" and hostname:
             # Only this thread's new UTS namespace is touched, never the VM's (or host's).
             name = hostname.encode()
-            if _libc.sethostname(name, len(name)) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"sethostname: {os.strerror(err)}")
+            if libc.sethostname(name, len(name)) != 0:
+                raise last_error("sethostname")
         source = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/{kind}"
         mount(source, target, None, MS_BIND)
     except BaseException as exc:

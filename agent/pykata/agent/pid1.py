@@ -8,7 +8,6 @@ a child subreaper so container processes re-parent to us, and simply exit at the
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import glob
 import os
@@ -19,6 +18,7 @@ import subprocess
 import sys
 
 from pykata.agent import log
+from pykata.agent.libc import last_error, libc
 from pykata.agent.mount import (
     MS_NODEV,
     MS_NOEXEC,
@@ -32,7 +32,6 @@ from pykata.agent.mount import (
 
 logger = log.get("init")
 
-_libc = ctypes.CDLL(None, use_errno=True)
 
 PR_SET_CHILD_SUBREAPER = 36
 RB_POWER_OFF = 0x4321FEDC
@@ -239,9 +238,9 @@ def wait_modules(modprobe: subprocess.Popen[bytes] | None) -> None:
 
 
 def set_child_subreaper() -> None:
-    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        logger.error("PR_SET_CHILD_SUBREAPER failed", extra={"error": os.strerror(err)})
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        error = last_error("prctl").strerror
+        logger.error("PR_SET_CHILD_SUBREAPER failed", extra={"error": error})
 
 
 def _ignore_sigint(signum: int, frame: object) -> None:
@@ -268,7 +267,7 @@ def init(cgroup_v2: bool) -> subprocess.Popen[bytes] | None:
 def power_off() -> None:
     """sync and power the VM off; only returns if the kernel refused."""
     os.sync()
-    if _libc.reboot(RB_POWER_OFF) != 0:
+    if libc.reboot(RB_POWER_OFF) != 0:
         logger.critical(
-            "reboot(RB_POWER_OFF) failed", extra={"error": os.strerror(ctypes.get_errno())}
+            "reboot(RB_POWER_OFF) failed", extra={"error": last_error("reboot").strerror}
         )

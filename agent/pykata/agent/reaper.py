@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 from collections import OrderedDict
 from collections.abc import Mapping
 
 from pykata.agent.fdready import writable
-
-log = logging.getLogger("kata-agent.reaper")
 
 # Statuses of pids nobody watched yet. Kept so that a watch() right after the spawn cannot
 # miss a fast exit; bounded because most orphans (daemonised grandchildren) are never asked.

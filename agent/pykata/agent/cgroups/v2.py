@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import struct
 from pathlib import Path
@@ -25,6 +24,7 @@ from pykata.agent.cgroups.stats import (
     read_keyed,
 )
 from pykata.agent.fdready import readable
+from pykata.agent.libc import last_error, libc
 
 # Bound on waiting for a freeze state change (steps of 10 ms: 5 s).
 FREEZE_STEPS = 500
@@ -169,21 +169,18 @@ class CgroupV2:
             self.dir.rmdir()
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 class OomKillWatch:
     """Watches the oom_kill counter of memory.events through inotify."""
 
     def __init__(self, cgroup_dir: Path) -> None:
         self.events = cgroup_dir / "memory.events"
-        self.fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        if _libc.inotify_add_watch(self.fd, str(self.events).encode(), IN_MODIFY) < 0:
-            err = ctypes.get_errno()
+            raise last_error("inotify_init1")
+        if libc.inotify_add_watch(self.fd, str(self.events).encode(), IN_MODIFY) < 0:
+            error = last_error(f"inotify_add_watch {self.events}")
             os.close(self.fd)
-            raise OSError(err, f"inotify_add_watch {self.events}")
+            raise error
         self._seen = read_keyed(self.events).get("oom_kill", 0)
 
     async def wait(self) -> int:

@@ -9,19 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
 from typing import Any
 
+from pykata.agent import log
 from pykata.agent.errors import Internal, Unavailable
 from pykata.agent.mount import fstype_of
 from pykata.agent.process.process import ChildStdio
 from pykata.agent.process.stdio import ConsoleSocket
 from pykata.agent.reaper import Reaper, exit_code
 
-log = logging.getLogger("kata-agent.runtime")
+logger = log.get("runtime")
 
 CANDIDATES = ("crun", "runc")
 STATE_ROOT = "/run/kata-agent"
@@ -252,8 +252,8 @@ async def detect(reaper: Reaper) -> OciRuntime:
         runtime = OciRuntime(binary, reaper, no_pivot=no_pivot)
         failure = await runtime.probe()
         if failure is None:
-            log.info("using OCI runtime", extra={"runtime": binary, "no_pivot": no_pivot})
+            logger.info("using OCI runtime", extra={"runtime": binary, "no_pivot": no_pivot})
             return runtime
-        log.warning("OCI runtime unusable", extra={"runtime": binary, "error": failure})
+        logger.warning("OCI runtime unusable", extra={"runtime": binary, "error": failure})
         failures.append(f"{binary}: {failure}")
     raise Unavailable(f"no working OCI runtime: {'; '.join(failures)}")

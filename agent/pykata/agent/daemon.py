@@ -1,16 +1,17 @@
-"""The running agent: reaper, sandbox and ttRPC server until DestroySandbox or a signal."""
+"""The agent's run loop: reaper, sandbox and ttRPC server until DestroySandbox or a signal."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import signal
 
 from google.protobuf.internal import api_implementation
 
-from pykata.agent import log, pid1, server
+from pykata.agent import log, pid1
 from pykata.agent.config import AgentConfig
+from pykata.agent.libc import libc
 from pykata.agent.reaper import Reaper
+from pykata.agent.rpc.wiring import build_server
 from pykata.agent.sandbox import Sandbox
 from pykata.ttrpc import Server
 
@@ -40,14 +41,14 @@ def release_startup_memory() -> None:
 
     Imports leave many freed buffers inside the heap; glibc gives back only its top by itself.
     """
-    ctypes.CDLL(None).malloc_trim(0)
+    libc.malloc_trim(0)
 
 
 async def serve(config: AgentConfig) -> None:
     reaper = Reaper()
     reaper.start()
     sandbox = Sandbox(config, reaper)
-    ttrpc_server = server.build(sandbox)
+    ttrpc_server = build_server(sandbox)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if not pid1.is_pid1():

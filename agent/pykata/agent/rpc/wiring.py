@@ -1,4 +1,8 @@
-"""The ttRPC server with every service the agent answers wired in."""
+"""The ttRPC server with every service the agent answers wired in.
+
+Every handler object goes through status.Translating here: that is how the agent's errors
+become wire statuses for all RPCs at once.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Server
 
 
-def build(sandbox: Sandbox) -> Server:
+def build_server(sandbox: Sandbox) -> Server:
     server = Server()
     server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], Translating(HealthHandlers()))
     server.register(
