@@ -31,12 +31,21 @@ class ServiceSet:
     def register(self, service: ServiceDescriptor, *handlers: object) -> None:
         """Route each RPC of service to the first handler object with a method of its name.
 
-        RPCs none of them provide stay unregistered and answer UNIMPLEMENTED.
+        RPCs none of them provide stay unregistered and answer UNIMPLEMENTED. A public
+        coroutine method named like an RPC (CamelCase) that the service does not declare is
+        refused: a misspelt handler would otherwise serve nothing, silently.
         """
-        self._declared[service.full_name] = frozenset(rpc.name for rpc in service.methods)
         name = service.full_name
         if name in self.services:
             raise ValueError(f"service {name} is already registered")
+        declared = frozenset(rpc.name for rpc in service.methods)
+        for obj in handlers:
+            for attr in dir(obj):
+                if attr in declared or not attr[:1].isupper():
+                    continue
+                if inspect.iscoroutinefunction(getattr(obj, attr, None)):
+                    raise ValueError(f"{name}: handler {obj!r} has {attr}, which is not an RPC")
+        self._declared[name] = declared
         methods: dict[str, Method] = {}
         for rpc in service.methods:
             if rpc.client_streaming or rpc.server_streaming:

@@ -6,6 +6,8 @@ become wire statuses for all RPCs at once.
 
 from __future__ import annotations
 
+from google.protobuf.descriptor import ServiceDescriptor
+
 from pykata.agent.rpc.containers import ContainerHandlers
 from pykata.agent.rpc.files import FileHandlers
 from pykata.agent.rpc.guest import GuestHandlers
@@ -20,22 +22,28 @@ from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Server
 
 
+def services(sandbox: Sandbox) -> list[tuple[ServiceDescriptor, list[Translating]]]:
+    """Each service the agent answers, with the handler objects that serve it."""
+    agent = [
+        SandboxHandlers(sandbox),
+        GuestHandlers(),
+        FileHandlers(),
+        StorageHandlers(sandbox),
+        MetricsHandlers(),
+        ContainerHandlers(sandbox),
+        ProcessHandlers(sandbox),
+    ]
+    return [
+        (health_pb2.DESCRIPTOR.services_by_name["Health"], [Translating(HealthHandlers())]),
+        (
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+            [Translating(handlers) for handlers in agent],
+        ),
+    ]
+
+
 def build_server(sandbox: Sandbox) -> Server:
     server = Server()
-    server.register(health_pb2.DESCRIPTOR.services_by_name["Health"], Translating(HealthHandlers()))
-    server.register(
-        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
-        *(
-            Translating(handlers)
-            for handlers in (
-                SandboxHandlers(sandbox),
-                GuestHandlers(),
-                FileHandlers(),
-                StorageHandlers(sandbox),
-                MetricsHandlers(),
-                ContainerHandlers(sandbox),
-                ProcessHandlers(sandbox),
-            )
-        ),
-    )
+    for service, handlers in services(sandbox):
+        server.register(service, *handlers)
     return server
