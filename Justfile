@@ -91,3 +91,7 @@ bench-e2e *args: setup
 # Go ttRPC interop peer (containerd's ttrpc from Debian) into ~/.cache/pykata/go-ttrpc/.
 peer-go-ttrpc *args:
     {{python}} tests/peers/go-ttrpc/build.py {{args}}
+
+# vsock: a client redialling like the Kata Go shim while the test guest boots; refuse vs hold.
+bench-vsock-dials *args: setup
+    {{python}} tests/bench/bench_vsock_dials.py {{args}}
