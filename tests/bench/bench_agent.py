@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pykata.agent.mount import MS_BIND, mount, umount
-from pykata.agent.rpc.oci import from_dict
+from pykata.agent.rpc.convert.oci import from_dict
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.protocols import agent_pb2, health_pb2, oci_pb2
 from pykata.ttrpc import Client
