@@ -23,6 +23,7 @@ from pykata.agent.errors import (
     NotFound,
 )
 from pykata.agent.mount import MS_BIND, mount, umount
+from pykata.agent.network.netlink import Netlink
 from pykata.agent.reaper import Reaper
 from pykata.agent.storage import ephemeral
 from pykata.agent.storage.manager import StorageManager, StorageSpec
@@ -64,6 +65,8 @@ class Sandbox:
         self.config = config
         self.reaper = reaper
         self.storages = StorageManager()
+        # The guest's network namespace is the pod's: the host configures it through here.
+        self.network = Netlink()
         self.id: str | None = None
         self.hostname = ""
         self.running = False
@@ -293,6 +296,7 @@ class Sandbox:
             ("pid namespace", self._stop_pidns),
             ("namespaces", self._release_namespaces),
             ("resolv.conf", self._release_dns),
+            ("netlink", self.network.close),
         ]
         for what, step in steps:
             try:

@@ -46,26 +46,27 @@ IMPLEMENTED = {
         "WriteStdin",
         "CloseStdin",
         "TtyWinResize",
+        # network
+        "UpdateInterface",
+        "UpdateRoutes",
+        "ListInterfaces",
+        "ListRoutes",
+        "AddARPNeighbors",
+        "GetIPTables",
+        "SetIPTables",
     },
 }
 
 UNIMPLEMENTED = {
     "grpc.Health": set(),
     "grpc.AgentService": {
-        "AddARPNeighbors",
         "AddSwap",
         "AddSwapPath",
         "GetDiagnosticData",
-        "GetIPTables",
-        "ListInterfaces",
-        "ListRoutes",
         "MemAgentCompactSet",
         "MemAgentMemcgSet",
         "ResizeVolume",
-        "SetIPTables",
         "SetPolicy",
-        "UpdateInterface",
-        "UpdateRoutes",
     },
 }
 

@@ -13,6 +13,7 @@ from pykata.agent.rpc.files import FileHandlers
 from pykata.agent.rpc.guest import GuestHandlers
 from pykata.agent.rpc.health import HealthHandlers
 from pykata.agent.rpc.metrics import MetricsHandlers
+from pykata.agent.rpc.network import NetworkHandlers
 from pykata.agent.rpc.processes import ProcessHandlers
 from pykata.agent.rpc.sandbox import SandboxHandlers
 from pykata.agent.rpc.status import Translating
@@ -30,6 +31,7 @@ def services(sandbox: Sandbox) -> list[tuple[ServiceDescriptor, list[Translating
         FileHandlers(),
         StorageHandlers(sandbox),
         MetricsHandlers(),
+        NetworkHandlers(sandbox),
         ContainerHandlers(sandbox),
         ProcessHandlers(sandbox),
     ]
