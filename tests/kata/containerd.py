@@ -142,6 +142,10 @@ class Containerd:
             timeout=60,
         )
 
+    def mount_namespace(self) -> str:
+        assert self.process is not None
+        return os.readlink(f"/proc/{self.process.pid}/ns/mnt")
+
     def shims(self) -> list[int]:
         """Shim processes serving this containerd (they outlive it by design)."""
         pids = []

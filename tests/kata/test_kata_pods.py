@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,27 +10,31 @@ from pathlib import Path
 
 from stack import RUNTIME, Kata
 
-# Our processes that must not outlive a pod: the launcher, QEMU, the vsock back-end.
-POD_PROCESSES = (b"kata-clh", b"qemu-system", b"pykata.host.vsock")
+# What must not outlive a pod: the shim, the launcher, QEMU, the vsock back-end, virtiofsd.
+POD_PROCESSES = (b"containerd-shim-kata-v2", b"kata-clh", b"qemu-system", b"pykata.host.vsock",
+                 b"virtiofsd")  # fmt: skip
 
 
-def pod_processes() -> list[str]:
+def pod_processes(kata: Kata) -> list[str]:
+    """Pod processes of this stack: those in containerd's mount namespace."""
     found = []
+    namespace = kata.containerd.mount_namespace()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
+            mine = os.readlink(entry / "ns" / "mnt") == namespace
         except OSError:
             continue
-        if any(name in cmdline for name in POD_PROCESSES):
+        if mine and any(name in cmdline for name in POD_PROCESSES):
             found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
     return found
 
 
-def wait_gone(within: float = 15.0) -> list[str]:
+def wait_gone(kata: Kata, within: float = 15.0) -> list[str]:
     deadline = time.monotonic() + within
-    while (left := pod_processes()) and time.monotonic() < deadline:
+    while (left := pod_processes(kata)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 
@@ -41,7 +46,7 @@ def test_run_prints_output_and_exit_code(kata: Kata) -> None:
     assert lines[0] == "hello from kata"
     # The container runs in our guest, not on this host's kernel.
     assert lines[1] != Path("/proc/sys/kernel/osrelease").read_text().strip()
-    assert wait_gone() == []
+    assert wait_gone(kata) == []
 
 
 def test_terminal(kata: Kata) -> None:
@@ -53,7 +58,7 @@ def test_terminal(kata: Kata) -> None:
     done = kata.containerd.in_namespace("script", "-qec", shlex.join(ctr), "/dev/null")
     assert done.returncode == 5, done.stdout + done.stderr
     assert "/dev/pts/" in done.stdout
-    assert wait_gone() == []
+    assert wait_gone(kata) == []
 
 
 def test_detached_container_exec_kill_and_delete_leave_nothing(kata: Kata) -> None:
@@ -75,7 +80,7 @@ def test_detached_container_exec_kill_and_delete_leave_nothing(kata: Kata) -> No
     finally:
         ctr("task", "delete", "-f", "pod-detached")
         ctr("container", "delete", "pod-detached")
-    assert wait_gone() == []
+    assert wait_gone(kata) == []
     state = kata.containerd.in_namespace("sh", "-c", "ls -A /run/vc/vm /run/vc/sbs 2>/dev/null")
     assert "pod-detached" not in state.stdout
     mounts = Path(f"/proc/{kata.containerd.process.pid}/mountinfo").read_text()  # type: ignore[union-attr]
@@ -92,4 +97,4 @@ def test_two_pods_at_once(kata: Kata) -> None:
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(run, ["pod-a", "pod-b"]))
     assert results == [(0, "pod-a\n"), (0, "pod-b\n")]
-    assert wait_gone() == []
+    assert wait_gone(kata) == []

@@ -84,6 +84,8 @@ def configuration(artifacts: Artifacts, tools: Path, debug: bool = False) -> str
             "virtio_fs_cache_size": 0,
             "virtio_fs_extra_args": ["--thread-pool-size=1", "--announce-submounts"],
             "block_device_driver": "virtio-blk",
+            # The guest has no SELinux policy (the shim assumes one unless told).
+            "disable_guest_selinux": True,
             "enable_debug": debug,
         }
     )
