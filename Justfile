@@ -5,8 +5,9 @@ export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
 python := justfile_directory() / ".venv/bin/python"
 
 # Debian packages the project needs on the host (QEMU, virtiofsd, runc, busybox for test
-# rootfs, tools to unpack mkosi and Debian packages, gcc + libc6-dev for the vsock test guest).
-host_packages := "qemu-system-x86 qemu-system-common qemu-utils runc busybox-static cpio zstd kmod e2fsprogs iproute2 procps psmisc binutils xz-utils gcc libc6-dev"
+# rootfs, tools to unpack mkosi and Debian packages, gcc + libc6-dev for the vsock test guest,
+# containerd for the Kata tier).
+host_packages := "qemu-system-x86 qemu-system-common qemu-utils runc busybox-static cpio zstd kmod e2fsprogs iproute2 procps psmisc binutils xz-utils gcc libc6-dev containerd"
 
 default:
     @just --list
@@ -44,18 +45,26 @@ fmt: setup
     ruff format agent host rootfs-builder tests protocols
     ruff check --fix agent host rootfs-builder tests protocols
 
-# Every test tier (lint, our guest kernel when not cached, unit, integration, vm), with stage
-# timings and one summary line.
+# Every test tier (lint, our guest kernel when not cached, unit, integration, vm, kata), with
+# stage timings and one summary line. The kata tier needs KATA_SHIM (see README).
 test: setup
-    {{python}} tests/run_tiers.py lint kernel unit integration vm
+    {{python}} tests/run_tiers.py lint kernel unit integration vm kata
 
-# One tier only: unit, integration or vm (extra arguments go to pytest).
+# One tier only: unit, integration, vm or kata (extra arguments go to pytest).
 test-tier tier *args: setup
     {{python}} tests/run_tiers.py {{tier}} -- {{args}}
 
 # Build the initrd (cached), boot it in QEMU, run a busybox container in it over hybrid vsock.
 demo: setup
     {{python}} -m pykata.host.demo
+
+# The real Kata shim (KATA_SHIM) under containerd runs busybox pods on our image, timed.
+kata-demo: setup
+    {{python}} tests/kata/demo.py
+
+# Kata shim on our image vs containerd's runc shim: `ctr run --rm busybox true`, same run.
+bench-kata *args: setup
+    {{python}} tests/bench/bench_kata.py {{args}}
 
 # ttRPC: Go reference client against the Go server and ours (calls/s, p50/p99, ratio).
 bench-ttrpc: setup

@@ -12,6 +12,7 @@ their own module-scoped fixtures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -76,6 +77,17 @@ def stop_agent(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_cgroups_left_as_found() -> Iterator[None]:
+    """An agent on this host puts containers without a cgroupsPath below /kata in the host's
+    hierarchies and removes only their own cgroups; the /kata folders the tests made go too."""
+    before = set(Path("/sys/fs/cgroup").glob("*/kata"))
+    yield
+    for folder in set(Path("/sys/fs/cgroup").glob("*/kata")) - before:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 @pytest.fixture(scope="module")

@@ -10,35 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from containerd import Containerd
-from oci_image import write_busybox_image
-from stack import Kata, shim_dir
+from stack import Kata, ShimMissing, guest_artifacts, start_stack
 
-from pykata.builder import build, kataconfig, layout
-from pykata.builder.stages import Stages
+from pykata.builder import build
 
 
 @pytest.fixture(scope="session")
 def guest() -> build.Result:
-    output = layout.cache_root() / "test-artifacts" / "initrd-debian"
-    stages = Stages(output / "kata-image.log")
-    build.setup(None, stages)
-    return build.build(build.Options(flavour="initrd", output=output), stages)
+    return guest_artifacts()
 
 
 @pytest.fixture(scope="module")
 def kata(guest: build.Result, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kata]:
-    shims = shim_dir()
-    work = tmp_path_factory.mktemp("kata")
-    config = work / "configuration.toml"
-    artifacts = kataconfig.Artifacts(guest.kernel, "initrd", guest.artifact)
-    config.write_text(kataconfig.configuration(artifacts, kataconfig.tools_dir(), debug=True))
-    daemon = Containerd(work / "containerd", [shims], {"KATA_CONF_FILE": str(config)})
-    daemon.start()
     try:
-        image = write_busybox_image(work / "busybox.tar", work / "image")
-        imported = daemon.ctr("image", "import", str(work / "busybox.tar"))
-        assert imported.returncode == 0, imported.stderr
-        yield Kata(daemon, image)
+        stack = start_stack(guest, tmp_path_factory.mktemp("kata"), debug=True)
+    except ShimMissing as exc:
+        pytest.fail(str(exc))
+    try:
+        yield stack
     finally:
-        daemon.stop()
+        stack.containerd.stop()

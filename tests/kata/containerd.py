@@ -177,10 +177,20 @@ class Containerd:
         remove_namespace_cgroups()
 
 
+# Parents the Kata shim makes in the host's hierarchies (sandbox cgroups go below them).
+KATA_PARENTS = ("kata_overhead",)
+
+
 def remove_namespace_cgroups() -> None:
-    """containerd and the shims put cgroups below /<namespace> in every hierarchy and leave
-    that folder itself; it is ours, so it goes (rmdir: only empty cgroups can)."""
-    for top in Path("/sys/fs/cgroup").glob(f"*/{NAMESPACE}"):
+    """containerd and the shims put cgroups below /<namespace> (and the Kata shim below
+    /kata_overhead) in every hierarchy and leave those folders; they are ours, so they go
+    (rmdir: only empty cgroups can)."""
+    tops = [
+        top
+        for name in (NAMESPACE, *KATA_PARENTS)
+        for top in Path("/sys/fs/cgroup").glob(f"*/{name}")
+    ]
+    for top in tops:
         for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
             if folder.is_dir():
                 with contextlib.suppress(OSError):

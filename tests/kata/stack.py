@@ -9,20 +9,25 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from containerd import Containerd
+from oci_image import write_busybox_image
 
-from pykata.builder import layout
+from pykata.builder import build, kataconfig, layout
+from pykata.builder.stages import Stages
 
 SHIM = "containerd-shim-kata-v2"
 RUNTIME = "io.containerd.kata.v2"
+
+
+class ShimMissing(Exception):
+    pass
 
 
 def shim_dir() -> Path:
     """The shim unpacked into our cache, by the digest of what KATA_SHIM holds."""
     source = os.environ.get("KATA_SHIM")
     if not source:
-        pytest.fail(
+        raise ShimMissing(
             "KATA_SHIM is not set: point it at a folder with containerd-shim-kata-v2 or "
             "containerd-shim-kata-v2.zst (Kata 3.x); .ci/run sets it"
         )
@@ -30,7 +35,7 @@ def shim_dir() -> Path:
     packed, plain = folder / f"{SHIM}.zst", folder / SHIM
     found = plain if plain.is_file() else packed
     if not found.is_file():
-        pytest.fail(f"KATA_SHIM={folder} holds neither {SHIM} nor {SHIM}.zst")
+        raise ShimMissing(f"KATA_SHIM={folder} holds neither {SHIM} nor {SHIM}.zst")
     digest = hashlib.sha256(found.read_bytes()).hexdigest()[:16]
     target = layout.cache_root() / "kata-shim" / digest
     binary = target / SHIM
@@ -58,3 +63,29 @@ class Kata:
         return self.containerd.ctr(
             "run", "--rm", "--runtime", RUNTIME, *flags, self.image, name, *args
         )
+
+
+def start_stack(guest: build.Result, work: Path, debug: bool = False) -> Kata:
+    """containerd with the Kata shim configured for `guest`, the busybox image imported."""
+    config = work / "configuration.toml"
+    artifacts = kataconfig.Artifacts(guest.kernel, "initrd", guest.artifact)
+    config.write_text(kataconfig.configuration(artifacts, kataconfig.tools_dir(), debug=debug))
+    daemon = Containerd(work / "containerd", [shim_dir()], {"KATA_CONF_FILE": str(config)})
+    daemon.start()
+    try:
+        image = write_busybox_image(work / "busybox.tar", work / "image")
+        imported = daemon.ctr("image", "import", str(work / "busybox.tar"))
+        if imported.returncode != 0:
+            raise RuntimeError(f"ctr image import failed: {imported.stderr}")
+    except BaseException:
+        daemon.stop()
+        raise
+    return Kata(daemon, image)
+
+
+def guest_artifacts() -> build.Result:
+    """The VM tier's initrd with Debian's kernel, built or reused."""
+    output = layout.cache_root() / "test-artifacts" / "initrd-debian"
+    stages = Stages(output / "kata-image.log")
+    build.setup(None, stages)
+    return build.build(build.Options(flavour="initrd", output=output), stages)
