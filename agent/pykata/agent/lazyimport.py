@@ -37,3 +37,11 @@ def defer(name: str) -> None:
     parent, _, child = name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, module)
+
+
+def unblock(name: str) -> None:
+    """A module blocked at start (``sys.modules[name] = None``) becomes importable again, as
+    a deferred one: a library that only imports it pays nothing until it uses it."""
+    if name in sys.modules and sys.modules[name] is None:
+        del sys.modules[name]
+        defer(name)

@@ -56,3 +56,17 @@ def test_serving_agent_defers_protobufs_python_messages() -> None:
 def test_missing_module() -> None:
     with pytest.raises(ModuleNotFoundError):
         defer("pykata.agent.no_such_module")
+
+
+def test_the_network_loads_pyroute2_without_loading_ssl() -> None:
+    """The serving agent blocks ssl; pyroute2's package imports it (for a probe never run)."""
+    out = run(
+        "import sys\n"
+        "from pykata.agent.main import serving_module\n"
+        "serving_module()\n"
+        "from pykata.agent import lazyimport\n"
+        "lazyimport.unblock('ssl')\n"
+        "from pyroute2 import AsyncIPRoute\n"
+        "print(type(sys.modules['ssl']).__name__, '_ssl' in sys.modules)\n"
+    )
+    assert out.splitlines() == ["_Deferred False"]

@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pykata.agent import log
+from pykata.agent import lazyimport, log
 from pykata.agent.errors import Internal, InvalidArgument, NotFound
 from pykata.agent.network.model import V4, V6, ARPNeighbor, Interface, IPAddress, Route, parse_mac
 
@@ -60,6 +60,9 @@ class Netlink:
 
     async def _route(self) -> AsyncIPRoute:
         if self._ipr is None:
+            # pyroute2's package imports ssl (for a TLS probe we never run); the agent blocked
+            # ssl at start, so it is let in deferred: it stays unloaded.
+            lazyimport.unblock("ssl")
             from pyroute2 import AsyncIPRoute
 
             ipr = AsyncIPRoute()
