@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
+import importlib.util
 import ipaddress
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pykata.agent import lazyimport, log
-from pykata.agent.errors import Internal, InvalidArgument, NotFound
+from pykata.agent.errors import Internal, InvalidArgument, NotFound, Unavailable
 from pykata.agent.network.model import V4, V6, ARPNeighbor, Interface, IPAddress, Route, parse_mac
 
 if TYPE_CHECKING:
@@ -53,6 +57,23 @@ def _netlink_errno(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def load_pyroute2() -> ModuleType:
+    """pyroute2's rtnetlink client without the package's own __init__.
+
+    That __init__ imports everything pyroute2 has, NDB with sqlite3 included (the guest image
+    has no sqlite3, and it costs 6 MiB of RSS); the client needs none of it. Its rtnl probe
+    module imports ssl for a TLS probe the agent never runs: ssl, blocked at start, is let in
+    deferred, so it stays unloaded.
+    """
+    if "pyroute2" not in sys.modules:
+        spec = importlib.util.find_spec("pyroute2")
+        if spec is None:
+            raise Unavailable("pyroute2 is not installed in the guest")
+        sys.modules["pyroute2"] = importlib.util.module_from_spec(spec)
+    lazyimport.unblock("ssl")
+    return importlib.import_module("pyroute2.iproute.linux")
+
+
 class Netlink:
     def __init__(self) -> None:
         self._ipr: AsyncIPRoute | None = None
@@ -60,12 +81,7 @@ class Netlink:
 
     async def _route(self) -> AsyncIPRoute:
         if self._ipr is None:
-            # pyroute2's package imports ssl (for a TLS probe we never run); the agent blocked
-            # ssl at start, so it is let in deferred: it stays unloaded.
-            lazyimport.unblock("ssl")
-            from pyroute2 import AsyncIPRoute
-
-            ipr = AsyncIPRoute()
+            ipr = load_pyroute2().AsyncIPRoute()
             self._ipr = ipr
         return self._ipr
 
