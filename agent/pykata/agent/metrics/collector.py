@@ -1,31 +1,23 @@
-"""GetMetrics: the agent's own and the guest's figures in Prometheus text format.
+"""The figures behind GetMetrics, read from /proc at every scrape, as the Rust agent's
+families (``src/agent/src/metrics.rs``): names, HELP texts, labels and units.
 
-The families, labels and units are the Rust agent's (``src/agent/src/metrics.rs``), so
-kata-monitor, which scrapes GetMetrics through the shim, sees the same series:
-``kata_agent_*`` for the agent process (plus the standard process figures as
-``kata_agent_process_*``, the names the shim gives an agent's ``process_*`` families) and
-``kata_guest_*`` for the guest. Every scrape reads ``/proc`` afresh; a file that is missing
-or unreadable (a kernel without task I/O accounting, no block devices...) only leaves its
-families out.
-
-``prometheus_client`` is loaded by the first scrape, never at agent start, and only its
-metric model and registry: the package's ``__init__`` imports its HTTP exposition
-(``http.server``, ``urllib``, ``wsgiref`` and ``ssl``, which the agent blocks), about 7 MiB of
-RSS; the two modules used here cost under 0.1 MiB. The registry is private (no default
-collectors) and the text is written here, as the Rust encoder writes it: prometheus_client's
-writer lives in that heavy module and would rename the counter ``kata_agent_scrape_count``
-to ``kata_agent_scrape_count_total``.
+``Metrics`` is a prometheus_client collector in a private registry (no default collectors).
+Only prometheus_client's metric model and registry are imported, by the first scrape: the
+package's ``__init__`` imports its HTTP exposition (``http.server``, ``urllib``, ``wsgiref``
+and ``ssl``, which the agent blocks), about 7 MiB of RSS; the two modules used here cost under
+0.1 MiB. A source that is missing or unreadable (a kernel without task I/O accounting, no
+block devices...) only leaves its families out.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from pykata.agent import lazyimport, log
+from pykata.agent.metrics.text import encode
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -363,42 +355,3 @@ def _private_registry(collector: Metrics) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry
-
-
-def encode(families: Iterable[Metric]) -> str:
-    """Text exposition format 0.0.4: families sorted by name, samples by label values."""
-    out = []
-    for family in sorted(families, key=lambda f: f.name):
-        out.append(f"# HELP {family.name} {_escape(family.documentation, quote=False)}\n")
-        out.append(f"# TYPE {family.name} {family.type}\n")
-        for sample in sorted(family.samples, key=lambda s: tuple(s.labels.values())):
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-            out.append(f"{sample.name}{{{labels}}}" if labels else sample.name)
-            out.append(f" {_number(sample.value)}\n")
-    return "".join(out)
-
-
-def _escape(text: str, quote: bool = True) -> str:
-    text = text.replace("\\", r"\\").replace("\n", r"\n")
-    return text.replace('"', r"\"") if quote else text
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**63:
-        return str(int(value))
-    return repr(float(value))
-
-
-_metrics: Metrics | None = None
-
-
-def collect() -> str:
-    """GetMetrics' text for this guest (the agent's one scrape counter lives here)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = Metrics()
-    return _metrics.scrape()
