@@ -35,6 +35,10 @@ class Unavailable(AgentError):
     """Something the request needs is missing in this guest (an OCI runtime, a tty)."""
 
 
+class Unimplemented(AgentError):
+    """The request asks for something this agent does not do (a field it does not honour)."""
+
+
 class DeadlineExceeded(AgentError):
     """The work took longer than the host allowed (it may go on in the background)."""
 

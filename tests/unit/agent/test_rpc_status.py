@@ -37,6 +37,7 @@ EXPECTED = {
     errors.AlreadyExists: status.Code.ALREADY_EXISTS,
     errors.FailedPrecondition: status.Code.FAILED_PRECONDITION,
     errors.Unavailable: status.Code.UNAVAILABLE,
+    errors.Unimplemented: status.Code.UNIMPLEMENTED,
     errors.DeadlineExceeded: status.Code.DEADLINE_EXCEEDED,
     errors.Internal: status.Code.INTERNAL,
 }

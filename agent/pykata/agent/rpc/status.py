@@ -22,6 +22,7 @@ CODES: dict[type[errors.AgentError], type[status.TtrpcError]] = {
     errors.AlreadyExists: status.AlreadyExists,
     errors.FailedPrecondition: status.FailedPrecondition,
     errors.Unavailable: status.Unavailable,
+    errors.Unimplemented: status.Unimplemented,
     errors.DeadlineExceeded: status.DeadlineExceeded,
     errors.Internal: status.Internal,
 }
