@@ -6,25 +6,20 @@ bind-mounted onto a file under ``/run/kata-containers/sandbox/ns/<agent pid>/``,
 the namespace alive after the thread ends. (Kata uses one fixed directory; the pid level lets
 several agents share a development host without taking each other's namespaces.)
 
-A PID namespace cannot be unshared by a running process for itself, so the sandbox PID
-namespace is held by a tiny process (``sleep infinity`` started by ``unshare --pid --fork``),
-whose ``/proc/<pid>/ns/pid`` containers join.
+There is no sandbox PID namespace of our own: as in the Rust agent, the first container (the
+pause container) gets a new one, which containers created with ``sandbox_pidns`` join.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import shutil
-import signal
 import threading
 
 from pykata.agent import log
 from pykata.agent.errors import FailedPrecondition
 from pykata.agent.libc import last_error, libc
 from pykata.agent.mount import MS_BIND, fstype_of, mount, umount_all
-from pykata.agent.reaper import Reaper
 
 logger = log.get("namespace")
 
@@ -78,50 +73,3 @@ def release(path: str) -> None:
     umount_all(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _first_child(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = f.read().split()
-    except OSError:
-        return 0
-    return int(children[0]) if children else 0
-
-
-class PidNamespaceHolder:
-    def __init__(self, reaper: Reaper) -> None:
-        self._reaper = reaper
-        self.parent = 0
-        self.pid = 0
-
-    async def start(self) -> str:
-        unshare = shutil.which("unshare")
-        sleep = shutil.which("sleep")
-        if unshare is None or sleep is None:
-            raise FailedPrecondition("sandbox_pidns needs unshare(1) and sleep(1) in the guest")
-        self.parent = self._reaper.spawn(
-            [unshare, "--pid", "--fork", "--kill-child", sleep, "infinity"]
-        )
-        for _ in range(500):
-            self.pid = _first_child(self.parent)
-            if self.pid:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            await self.stop()
-            raise FailedPrecondition("the sandbox pid namespace holder did not start")
-        return f"/proc/{self.pid}/ns/pid"
-
-    async def stop(self) -> None:
-        if not self.parent:
-            return
-        exited = self._reaper.watch(self.parent)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.parent, signal.SIGKILL)
-        # --kill-child takes the holder down with unshare; it re-parents to us and is reaped.
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        await exited
-        self.parent = self.pid = 0

@@ -13,6 +13,7 @@ from pykata.agent import log, namespaces
 from pykata.agent.config import AgentConfig, in_guest
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.container import Container
+from pykata.agent.container.guestenv import apply_net_sysctls, guest_lsms, load_guest_hooks
 from pykata.agent.container.runtime import OciRuntime, detect
 from pykata.agent.container.spec import rewrite_spec
 from pykata.agent.errors import (
@@ -24,6 +25,7 @@ from pykata.agent.errors import (
 )
 from pykata.agent.mount import MS_BIND, mount, umount
 from pykata.agent.network.netlink import Netlink
+from pykata.agent.process.user import StringUser, resolve_process_user
 from pykata.agent.reaper import Reaper
 from pykata.agent.storage import ephemeral
 from pykata.agent.storage.manager import StorageManager, StorageSpec
@@ -77,7 +79,12 @@ class Sandbox:
         self.dns: list[str] = []
         # Set once DestroySandbox has answered: main() then stops the agent.
         self.destroyed = asyncio.Event()
-        self._pidns: namespaces.PidNamespaceHolder | None = None
+        # The first container's pid namespace (its id, the namespace file): the one
+        # containers created with sandbox_pidns join, as in the Rust agent.
+        self._pidns: tuple[str, str] | None = None
+        # OCI hooks found below CreateSandbox's guest_hook_path, added to every container.
+        self.guest_hooks: dict[str, list[dict[str, Any]]] = {}
+        self._lsms: frozenset[str] | None = None
         self._resolv_mounted = False
         self._lock = asyncio.Lock()
         self._runtime: OciRuntime | None = None
@@ -106,10 +113,12 @@ class Sandbox:
         spec: dict[str, Any] | None,
         storages: list[StorageSpec],
         sandbox_pidns: bool,
+        string_user: StringUser | None = None,
     ) -> None:
         """Bundle, storages and ``runtime create``: the init waits for start_container.
 
         ``exec_id`` defaults to the container id; a failing step undoes the ones before.
+        With ``sandbox_pidns`` the container joins the first container's pid namespace.
         """
         cid = validate_container_id(container_id)
         exec_id = validate_exec_id(exec_id or cid)
@@ -120,22 +129,28 @@ class Sandbox:
         root = spec.get("root", {}).get("path", "")
         if not root:
             raise InvalidArgument("the OCI spec has no root path")
+        shared = dict(self.namespaces)
+        if sandbox_pidns and (pidns := self._sandbox_pidns()):
+            shared["pid"] = pidns
+        if self._lsms is None:
+            self._lsms = guest_lsms()
         self._creating.add(cid)
         try:
             runtime = await self._oci_runtime()
             bundle = Bundle(cid)
-            guest_spec = rewrite_spec(
+            guest = rewrite_spec(
                 spec,
                 container_id=cid,
                 rootfs=bundle.rootfs,
-                namespaces=self.namespaces,
-                sandbox_pidns=sandbox_pidns or "pid" in self.namespaces,
+                namespaces=shared,
+                lsms=self._lsms,
+                guest_hooks=self.guest_hooks,
             )
             mount_points = await self.storages.add(storages, cid=cid)
             container = Container(
                 cid,
                 bundle,
-                guest_spec,
+                guest.spec,
                 runtime,
                 self.reaper,
                 mount_points,
@@ -144,14 +159,31 @@ class Sandbox:
             )
             try:
                 bundle.create(root)
+                resolve_process_user(bundle.rootfs, guest.spec["process"], string_user)
+                apply_net_sysctls(guest.net_sysctls, cid)
                 await container.launch(exec_id)
             except BaseException:
                 await container.destroy()
                 raise
+            if self._pidns is None and not self.containers and container.init is not None:
+                self._pidns = (cid, f"/proc/{container.init.pid}/ns/pid")
             self.containers[cid] = container
         finally:
             self._creating.discard(cid)
         logger.info("container created", extra={"container": cid})
+
+    def _sandbox_pidns(self) -> str:
+        """The pid namespace file to join; empty for the first container, which makes it."""
+        if self._pidns is None:
+            if self.containers:
+                raise FailedPrecondition("the sandbox has no shared pid namespace")
+            return ""
+        owner, path = self._pidns
+        if owner not in self.containers:
+            raise FailedPrecondition(
+                f"the sandbox pid namespace is gone: its container {owner} was removed"
+            )
+        return path
 
     async def start_container(self, cid: str) -> None:
         container = self.get_container(cid)
@@ -204,6 +236,10 @@ class Sandbox:
         kernel_modules: list[KernelModule],
         guest_hook_path: str,
     ) -> None:
+        """``sandbox_pidns`` has no effect of its own (the Rust agent ignores it too): each
+        CreateContainer's flag decides whether it joins the first container's namespace."""
+        if guest_hook_path and not os.path.isabs(guest_hook_path):
+            raise InvalidArgument(f"guest_hook_path {guest_hook_path!r} must be absolute")
         if sandbox_id:
             validate_sandbox_id(sandbox_id)
         if len(hostname.encode()) > MAX_HOSTNAME or "\0" in hostname:
@@ -226,15 +262,8 @@ class Sandbox:
                 self.namespaces["ipc"] = namespaces.persist("ipc")
                 self.namespaces["uts"] = namespaces.persist("uts", hostname)
                 self.mounts = await self.storages.add(storages)
-                if guest_hook_path:
-                    logger.info(
-                        "guest hooks are not supported, ignored",
-                        extra={"guest_hook_path": guest_hook_path},
-                    )
+                self.guest_hooks = load_guest_hooks(guest_hook_path)
                 self._setup_dns(dns)
-                if sandbox_pidns:
-                    self._pidns = namespaces.PidNamespaceHolder(self.reaper)
-                    self.namespaces["pid"] = await self._pidns.start()
             except BaseException:
                 await self._teardown()
                 raise
@@ -293,7 +322,6 @@ class Sandbox:
     async def _teardown(self) -> None:
         steps: list[tuple[str, Any]] = [
             ("storages", self.storages.remove_all),
-            ("pid namespace", self._stop_pidns),
             ("namespaces", self._release_namespaces),
             ("resolv.conf", self._release_dns),
             ("netlink", self.network.close),
@@ -306,15 +334,11 @@ class Sandbox:
             except Exception:
                 logger.exception("sandbox cleanup step failed", extra={"step": what})
         self.mounts = []
+        self._pidns = None
+        self.guest_hooks = {}
         for directory in (namespaces.ns_dir(), namespaces.NS_ROOT):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
-
-    async def _stop_pidns(self) -> None:
-        if self._pidns is not None:
-            await self._pidns.stop()
-            self._pidns = None
-        self.namespaces.pop("pid", None)
 
     def _release_namespaces(self) -> None:
         for kind in ("ipc", "uts"):

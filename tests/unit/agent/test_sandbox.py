@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pykata.agent.config import AgentConfig
-from pykata.agent.errors import AlreadyExists, InvalidArgument, NotFound
+from pykata.agent.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pykata.agent.reaper import Reaper
 from pykata.agent.sandbox import Sandbox
 from pykata.agent.storage.manager import StorageSpec
@@ -67,3 +67,29 @@ async def test_only_ephemeral_storages_are_updated(sandbox: Sandbox) -> None:
     outside = [StorageSpec("ephemeral", mount_point="/tmp/x")]
     with pytest.raises(InvalidArgument, match="is not under /run/kata-containers"):
         await sandbox.update_ephemeral_mounts(outside)
+
+
+def test_the_first_container_makes_the_sandbox_pid_namespace(sandbox: Sandbox) -> None:
+    assert sandbox._sandbox_pidns() == ""  # none yet: the first container gets a new one
+    sandbox.containers["pause"] = object()  # type: ignore[assignment]
+    with pytest.raises(FailedPrecondition, match="no shared pid namespace"):
+        sandbox._sandbox_pidns()
+    sandbox._pidns = ("pause", "/proc/42/ns/pid")
+    assert sandbox._sandbox_pidns() == "/proc/42/ns/pid"
+    del sandbox.containers["pause"]
+    with pytest.raises(FailedPrecondition, match="its container pause was removed"):
+        sandbox._sandbox_pidns()
+
+
+async def test_a_relative_guest_hook_path_is_refused(sandbox: Sandbox) -> None:
+    with pytest.raises(InvalidArgument, match="guest_hook_path 'hooks' must be absolute"):
+        await sandbox.create(
+            sandbox_id="",
+            hostname="h",
+            dns=[],
+            storages=[],
+            sandbox_pidns=False,
+            kernel_modules=[],
+            guest_hook_path="hooks",
+        )
+    assert not sandbox.running

@@ -42,10 +42,8 @@ def host_spec(**overrides: Any) -> dict[str, Any]:
     return spec
 
 
-def rewrite(spec: dict[str, Any], *, pidns: bool = False, shared: dict[str, str] = SHARED) -> Any:
-    return rewrite_spec(
-        spec, container_id="c1", rootfs=ROOTFS, namespaces=shared, sandbox_pidns=pidns
-    )
+def rewrite(spec: dict[str, Any], *, shared: dict[str, str] = SHARED, **kwargs: Any) -> Any:
+    return rewrite_spec(spec, container_id="c1", rootfs=ROOTFS, namespaces=shared, **kwargs).spec
 
 
 def test_rewrite_namespaces_root_hooks_and_defaults() -> None:
@@ -67,14 +65,9 @@ def test_rewrite_namespaces_root_hooks_and_defaults() -> None:
     assert original["hooks"] and original["root"]["path"].startswith("/run/kata-containers/shared")
 
 
-def test_sandbox_pidns_joins_the_sandbox_namespace() -> None:
-    out = rewrite(host_spec(), pidns=True, shared={**SHARED, "pid": "/proc/77/ns/pid"})
+def test_a_shared_pid_namespace_is_joined() -> None:
+    out = rewrite(host_spec(), shared={**SHARED, "pid": "/proc/77/ns/pid"})
     assert {"type": "pid", "path": "/proc/77/ns/pid"} in out["linux"]["namespaces"]
-
-
-def test_sandbox_pidns_without_sandbox_namespace_is_refused() -> None:
-    with pytest.raises(InvalidArgument):
-        rewrite(host_spec(), pidns=True)
 
 
 def test_without_shared_namespaces_containers_get_new_ones() -> None:

@@ -19,6 +19,7 @@ from pykata.agent.errors import AlreadyExists, FailedPrecondition, NotFound
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import ConsoleSocket
 from pykata.agent.process.table import ProcessTable
+from pykata.agent.process.user import StringUser, resolve_process_user
 from pykata.agent.reaper import Reaper
 from pykata.agent.storage.manager import StorageManager
 
@@ -156,13 +157,19 @@ class Container:
                 await self._oom_task
         self._oom_task = None
 
-    async def exec(self, exec_id: str, process_spec: dict[str, Any]) -> None:
+    async def exec(
+        self,
+        exec_id: str,
+        process_spec: dict[str, Any],
+        string_user: StringUser | None = None,
+    ) -> None:
         """Start one more process as ``process_spec`` (OCI JSON) says, with the defaults an
-        init gets for what it leaves out."""
+        init gets for what it leaves out; user names resolve in the container's rootfs."""
         if exec_id in self._processes:
             raise AlreadyExists(f"exec id {exec_id} already exists in container {self.id}")
         if self.state is not State.RUNNING:
             raise FailedPrecondition(f"container {self.id} is {self.state.value}, not running")
+        resolve_process_user(self.bundle.rootfs, process_spec, string_user)
         process_defaults(process_spec)
         process = Process(exec_id, init=False, terminal=bool(process_spec.get("terminal")))
         # Reserve the exec id while the runtime works.

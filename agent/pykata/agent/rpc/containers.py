@@ -8,6 +8,7 @@ from google.protobuf import empty_pb2
 
 from pykata.agent.cgroups.stats import network_stats
 from pykata.agent.rpc.convert import oci
+from pykata.agent.rpc.convert.requests import refuse_unhonoured, string_user
 from pykata.agent.rpc.convert.storages import storage_specs
 from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2
@@ -18,12 +19,14 @@ class ContainerHandlers:
         self._sandbox = sandbox
 
     async def CreateContainer(self, request: agent_pb2.CreateContainerRequest) -> empty_pb2.Empty:
+        refuse_unhonoured(request)
         await self._sandbox.create_container(
             container_id=request.container_id,
             exec_id=request.exec_id,
             spec=oci.to_dict(request.OCI) if request.HasField("OCI") else None,
             storages=storage_specs(request.storages),
             sandbox_pidns=request.sandbox_pidns,
+            string_user=string_user(request.string_user),
         )
         return empty_pb2.Empty()
 

@@ -7,6 +7,7 @@ from google.protobuf import empty_pb2
 from pykata.agent.errors import InvalidArgument
 from pykata.agent.process.process import Process
 from pykata.agent.rpc.convert import oci
+from pykata.agent.rpc.convert.requests import refuse_unhonoured, string_user
 from pykata.agent.sandbox import Sandbox
 from pykata.agent.validation import validate_exec_id, validate_signal
 from pykata.protocols import agent_pb2
@@ -21,10 +22,13 @@ class ProcessHandlers:
 
     async def ExecProcess(self, request: agent_pb2.ExecProcessRequest) -> empty_pb2.Empty:
         exec_id = validate_exec_id(request.exec_id)
+        refuse_unhonoured(request)
         container = self._sandbox.get_container(request.container_id)
         if not request.HasField("process") or not request.process.Args:
             raise InvalidArgument("ExecProcess needs a process with args")
-        await container.exec(exec_id, oci.to_dict(request.process))
+        await container.exec(
+            exec_id, oci.to_dict(request.process), string_user(request.string_user)
+        )
         return empty_pb2.Empty()
 
     async def SignalProcess(self, request: agent_pb2.SignalProcessRequest) -> empty_pb2.Empty:
