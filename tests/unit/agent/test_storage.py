@@ -11,6 +11,7 @@ import pytest
 from pykata.agent.errors import FailedPrecondition, InvalidArgument
 from pykata.agent.mount import MS_BIND, MS_NOSUID, MS_RDONLY, MS_REC, parse_options
 from pykata.agent.rpc.convert.storages import storage_specs
+from pykata.agent.storage import virtiofs
 from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec
 from pykata.agent.storage.options import option_map
 from pykata.protocols import agent_pb2, types_pb2
@@ -169,3 +170,14 @@ def test_protobuf_storage_conversion() -> None:
         fs_group=FsGroup(1000, on_root_mismatch=True),
     )
     assert storage_specs([agent_pb2.Storage(driver="local")])[0].fs_group is None
+
+
+@pytest.mark.parametrize("fstype", ["virtiofs", "9p", "tmpfs"])
+def test_a_premounted_kata_shared_fs_of_any_type_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str
+) -> None:
+    monkeypatch.setattr(virtiofs, "fstype_of", lambda path: fstype)
+    monkeypatch.setattr(virtiofs, "mount", lambda *args: pytest.fail("mounted again"))
+    spec = StorageSpec("virtio-fs", source="kataShared", mount_point=str(tmp_path / "shared"))
+    attached = virtiofs.attach(spec, None)
+    assert not attached.mounted

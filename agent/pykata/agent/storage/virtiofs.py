@@ -18,7 +18,8 @@ from pykata.agent.storage.manager import (
 logger = log.get("storage")
 
 FSTYPE = "virtiofs"
-# The runtime may have mounted the shared fs itself before the agent asks (Kata's premount).
+# The runtime may have mounted the shared fs itself before the agent asks (Kata's premount),
+# with virtio-fs or another shared fs (9p, a bind): whatever is mounted there is kept.
 PREMOUNT_TAG = "kataShared"
 
 
@@ -28,8 +29,12 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
     if spec.fstype not in ("", FSTYPE):
         raise ValueError(f"virtio-fs storage with fstype {spec.fstype!r}")
     created = prepare_mount_point(spec.mount_point)
-    if spec.source == PREMOUNT_TAG and fstype_of(spec.mount_point) == FSTYPE:
-        logger.warning("shared fs already mounted, kept", extra={"mount_point": spec.mount_point})
+    premounted = fstype_of(spec.mount_point) if spec.source == PREMOUNT_TAG else None
+    if premounted is not None:
+        logger.warning(
+            "shared fs already mounted, kept",
+            extra={"mount_point": spec.mount_point, "fstype": premounted},
+        )
         return Attached(spec.mount_point, mounted=False, created=created)
     flags, data = parse_options(spec.options)
     attached = Attached(spec.mount_point, created=created)
