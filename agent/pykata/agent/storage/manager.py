@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from pykata.agent import log
+from pykata.agent.device.registry import Devices
 from pykata.agent.errors import AgentError, FailedPrecondition, InvalidArgument
 from pykata.agent.mount import mount_points, umount_all
 from pykata.agent.storage.options import apply_fs_group
@@ -53,7 +55,8 @@ class Attached:
     stop: Callable[[], None] | None = None  # ends what keeps running for it (a watcher)
 
 
-Driver = Callable[[StorageSpec, "str | None"], Attached]
+# Block drivers are coroutines: they wait for their disk to appear first.
+Driver = Callable[[StorageSpec, "str | None"], "Attached | Awaitable[Attached]"]
 
 
 @dataclass
@@ -138,12 +141,13 @@ def detach(attached: Attached) -> None:
 
 
 class StorageManager:
-    def __init__(self, base: str = CONTAINER_BASE) -> None:
-        """``base``: the tree every mount point must stay in."""
+    def __init__(self, base: str = CONTAINER_BASE, devices: Devices | None = None) -> None:
+        """``base``: the tree every mount point must stay in; ``devices``: where block
+        storages wait for their disk."""
         from pykata.agent.storage import drivers
 
         self._base = base
-        self._drivers = drivers()
+        self._drivers = drivers(devices if devices is not None else Devices())
         self._entries: dict[str, _Entry] = {}
         self._lock = asyncio.Lock()
 
@@ -180,7 +184,7 @@ class StorageManager:
                             )
                         entry.refs += 1
                     else:
-                        attached = self._attach(driver, spec, mount_point, cid)
+                        attached = await self._attach(driver, spec, mount_point, cid)
                         self._entries[mount_point] = _Entry(attached, spec.driver)
                         logger.info(
                             "storage added",
@@ -194,9 +198,12 @@ class StorageManager:
             return done
 
     @staticmethod
-    def _attach(driver: Driver, spec: StorageSpec, mount_point: str, cid: str | None) -> Attached:
+    async def _attach(
+        driver: Driver, spec: StorageSpec, mount_point: str, cid: str | None
+    ) -> Attached:
         try:
-            attached = driver(replace(spec, mount_point=mount_point), cid)
+            result = driver(replace(spec, mount_point=mount_point), cid)
+            attached = await result if inspect.isawaitable(result) else result
             if spec.fs_group is not None:
                 with undone_on_error(attached):
                     apply_fs_group(
