@@ -16,6 +16,8 @@ from pykata.agent.container.container import Container
 from pykata.agent.container.guestenv import apply_net_sysctls, guest_lsms, load_guest_hooks
 from pykata.agent.container.runtime import OciRuntime, detect
 from pykata.agent.container.spec import rewrite_spec
+from pykata.agent.device.registry import Devices
+from pykata.agent.device.spec import DeviceSpec, update_spec_devices
 from pykata.agent.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -66,7 +68,8 @@ class Sandbox:
     def __init__(self, config: AgentConfig, reaper: Reaper) -> None:
         self.config = config
         self.reaper = reaper
-        self.storages = StorageManager()
+        self.devices = Devices(config.hotplug_timeout)
+        self.storages = StorageManager(devices=self.devices)
         # The guest's network namespace is the pod's: the host configures it through here.
         self.network = Netlink()
         self.id: str | None = None
@@ -112,6 +115,7 @@ class Sandbox:
         exec_id: str,
         spec: dict[str, Any] | None,
         storages: list[StorageSpec],
+        devices: list[DeviceSpec] | None = None,
         sandbox_pidns: bool,
         string_user: StringUser | None = None,
     ) -> None:
@@ -146,6 +150,7 @@ class Sandbox:
                 lsms=self._lsms,
                 guest_hooks=self.guest_hooks,
             )
+            await update_spec_devices(guest.spec, devices or [], self.devices)
             mount_points = await self.storages.add(storages, cid=cid)
             container = Container(
                 cid,

@@ -8,6 +8,7 @@ from google.protobuf import empty_pb2
 
 from pykata.agent.cgroups.stats import network_stats
 from pykata.agent.rpc.convert import oci
+from pykata.agent.rpc.convert.devices import device_specs
 from pykata.agent.rpc.convert.requests import refuse_unhonoured, string_user
 from pykata.agent.rpc.convert.storages import storage_specs
 from pykata.agent.sandbox import Sandbox
@@ -25,6 +26,7 @@ class ContainerHandlers:
             exec_id=request.exec_id,
             spec=oci.to_dict(request.OCI) if request.HasField("OCI") else None,
             storages=storage_specs(request.storages),
+            devices=device_specs(request.devices),
             sandbox_pidns=request.sandbox_pidns,
             string_user=string_user(request.string_user),
         )
