@@ -199,7 +199,12 @@ def probe_spec(container_id: str) -> dict[str, Any]:
         "ociVersion": "1.0.2",
         "process": {"args": ["/probe"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
         "root": {"path": "rootfs"},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        # /dev on its own tmpfs, as in real specs: the bundle sits on the guest's /run, which
+        # is nodev, and runc reopens /dev/null in the container.
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+        ],
         "linux": {
             "namespaces": [{"type": "mount"}, {"type": "pid"}],
             "cgroupsPath": f"/{container_id}",
