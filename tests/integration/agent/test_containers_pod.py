@@ -1,0 +1,289 @@
+"""A Kubernetes pod as containerd's CRI and the Kata runtime send it, against the real agent
+as PID 1 in fresh PID, mount, network, UTS and IPC namespaces (the network namespace is the
+"guest's", so the net.* sysctls written here never touch the host's).
+
+The pause container carries CRI's two net.* sysctls and an AppArmor profile; the app
+container shares its pid namespace (shareProcessNamespace), runs as a user given by name, and
+the sandbox has guest hooks that write a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pykata.agent.rpc.convert.oci import from_dict
+from pykata.protocols import agent_pb2, oci_pb2
+from pykata.ttrpc.errors import InvalidArgument, Unimplemented
+
+pytestmark = pytest.mark.root
+
+SHARED = "/run/kata-containers/shared/containers"
+CRI_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 1"}
+RPC_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def work_dir() -> Iterator[Path]:
+    # Abstract sockets belong to a network namespace; a path in /tmp is seen from both sides.
+    with tempfile.TemporaryDirectory(prefix="pykata-pod-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="module")
+def agent_address(work_dir: Path) -> str:
+    return f"unix://{work_dir}/agent.sock"
+
+
+@pytest.fixture(scope="module")
+def agent_wrapper() -> list[str]:
+    return [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--propagation=private",
+        "--net",
+        "--uts",
+        "--ipc",
+    ]
+
+
+@pytest.fixture(scope="module")
+def agent_args(work_dir: Path) -> list[str]:
+    # As PID 1 the agent would read this host's kernel command line; a config file replaces it.
+    config = work_dir / "agent.toml"
+    config.write_text("unified_cgroup_hierarchy = true\n")
+    return ["--config", str(config)]
+
+
+@pytest.fixture(scope="module")
+def init_pid(agent_process: subprocess.Popen[bytes]) -> int:
+    with open(f"/proc/{agent_process.pid}/task/{agent_process.pid}/children") as f:
+        (pid,) = f.read().split()
+    return int(pid)
+
+
+@pytest.fixture(scope="module")
+def hooks_dir(work_dir: Path) -> Path:
+    hooks = work_dir / "hooks"
+    for kind in ("prestart", "poststart", "poststop"):
+        hook = hooks / kind / "record"
+        hook.parent.mkdir(parents=True)
+        hook.write_text(f'#!/bin/sh\necho "$1" >> {work_dir}/hooks.out\n')
+        hook.chmod(0o755)
+    return hooks
+
+
+@pytest.fixture(scope="module")
+def rootfs(busybox_rootfs: Path) -> Path:
+    with (busybox_rootfs / "etc" / "passwd").open("a") as f:
+        f.write("app:x:1234:1234:app:/:/bin/sh\n")
+    with (busybox_rootfs / "etc" / "group").open("a") as f:
+        f.write("app:x:1234:\nextra:x:2345:app\n")
+    return busybox_rootfs
+
+
+def host_sysctls() -> list[str]:
+    values = []
+    for name in CRI_SYSCTLS:
+        with open("/proc/sys/" + name.replace(".", "/")) as f:
+            values.append(f.read())
+    return values
+
+
+@pytest.fixture(scope="module")
+def host_before() -> list[str]:
+    return host_sysctls()
+
+
+def share(init_pid: int, rootfs: Path, cid: str) -> None:
+    """Bind the rootfs where virtio-fs would show it, inside the agent's mount namespace."""
+    target = f"{SHARED}/{cid}/rootfs"
+    script = f"mkdir -p {target} && mount --bind {rootfs} {target}"
+    subprocess.run(["nsenter", "-t", str(init_pid), "-m", "sh", "-c", script], check=True)
+
+
+def spec(cid: str, args: list[str], **extra: Any) -> oci_pb2.Spec:
+    process = extra.pop("process", {})
+    linux = extra.pop("linux", {})
+    data = {
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "env": ["PATH=/bin"], "cwd": "/", **process},
+        "root": {"path": f"{SHARED}/{cid}/rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+            "cgroupsPath": f"/pykata-pod/{cid}",
+            **linux,
+        },
+        **extra,
+    }
+    return from_dict(data, oci_pb2.Spec())
+
+
+async def run(agent: Any, cid: str, eid: str, args: list[str]) -> tuple[int, bytes]:
+    await agent.ExecProcess(
+        agent_pb2.ExecProcessRequest(
+            container_id=cid, exec_id=eid, process=oci_pb2.Process(Args=args, Cwd="/")
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+    out = b""
+    while True:
+        resp = await agent.ReadStdout(
+            agent_pb2.ReadStreamRequest(container_id=cid, exec_id=eid, len=65536),
+            timeout=RPC_TIMEOUT,
+        )
+        if not resp.data:
+            break
+        out += resp.data
+    status = await agent.WaitProcess(
+        agent_pb2.WaitProcessRequest(container_id=cid, exec_id=eid), timeout=RPC_TIMEOUT
+    )
+    return status.status, out
+
+
+async def create_and_start(agent: Any, request: agent_pb2.CreateContainerRequest) -> None:
+    await agent.CreateContainer(request, timeout=RPC_TIMEOUT)
+    await agent.StartContainer(
+        agent_pb2.StartContainerRequest(container_id=request.container_id), timeout=RPC_TIMEOUT
+    )
+
+
+async def test_create_sandbox_with_guest_hooks(agent: Any, hooks_dir: Path) -> None:
+    await agent.CreateSandbox(
+        agent_pb2.CreateSandboxRequest(
+            hostname="pod", sandbox_id="pod", sandbox_pidns=True, guest_hook_path=str(hooks_dir)
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+
+
+async def test_pause_with_cri_sysctls_and_apparmor_runs(
+    agent: Any, init_pid: int, rootfs: Path, work_dir: Path, host_before: list[str]
+) -> None:
+    share(init_pid, rootfs, "pause")
+    pause = spec(
+        "pause",
+        ["sleep", "3600"],
+        process={"apparmorProfile": "cri-containerd.apparmor.d"},
+        linux={"sysctl": CRI_SYSCTLS},
+    )
+    await create_and_start(
+        agent, agent_pb2.CreateContainerRequest(container_id="pause", exec_id="pause", OCI=pause)
+    )
+    # The values are the guest's (the pod's) network namespace's, seen from inside the pod.
+    code, out = await run(
+        agent,
+        "pause",
+        "sysctls",
+        [
+            "cat",
+            "/proc/sys/net/ipv4/ping_group_range",
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ],
+    )
+    assert code == 0
+    assert out.split() == [b"0", b"1", b"0"]
+    # ... and from the agent's namespace; the host's stays as it was.
+    seen = await asyncio.to_thread(
+        subprocess.run,
+        ["nsenter", "-t", str(init_pid), "-n", "cat", "/proc/sys/net/ipv4/ping_group_range"],
+        capture_output=True,
+        check=True,
+    )
+    assert seen.stdout.split() == [b"0", b"1"]
+    assert host_sysctls() == host_before
+    assert (work_dir / "hooks.out").exists()
+
+
+async def test_app_shares_the_pause_pid_namespace_as_a_named_user(
+    agent: Any, init_pid: int, rootfs: Path
+) -> None:
+    share(init_pid, rootfs, "app")
+    await create_and_start(
+        agent,
+        agent_pb2.CreateContainerRequest(
+            container_id="app",
+            exec_id="app",
+            OCI=spec("app", ["sleep", "3600"]),
+            sandbox_pidns=True,
+            string_user=agent_pb2.StringUser(uid="app"),
+        ),
+    )
+    # The pause process is PID 1 of the shared namespace, as with shareProcessNamespace.
+    code, out = await run(agent, "app", "pid1", ["cat", "/proc/1/cmdline"])
+    assert code == 0 and out.split(b"\0")[:2] == [b"sleep", b"3600"]
+    # The app's init runs as the user named, resolved in the container's /etc/passwd and
+    # /etc/group (its extra group included).
+    script = "grep -l '^Uid:.*1234' /proc/[0-9]*/status | xargs grep -hE '^(Uid|Gid|Groups):'"
+    code, out = await run(agent, "app", "ids", ["sh", "-c", script])
+    assert code == 0
+    lines = [line.split() for line in out.decode().splitlines()]
+    assert ["Uid:", "1234", "1234", "1234", "1234"] in lines
+    assert ["Gid:", "1234", "1234", "1234", "1234"] in lines
+    assert ["Groups:", "2345"] in lines
+
+
+async def test_exec_as_a_named_user(agent: Any) -> None:
+    await agent.ExecProcess(
+        agent_pb2.ExecProcessRequest(
+            container_id="app",
+            exec_id="as-app",
+            string_user=agent_pb2.StringUser(uid="app", additionalGids=["extra"]),
+            process=oci_pb2.Process(Args=["id"], Cwd="/"),
+        ),
+        timeout=RPC_TIMEOUT,
+    )
+    resp = await agent.ReadStdout(
+        agent_pb2.ReadStreamRequest(container_id="app", exec_id="as-app", len=4096),
+        timeout=RPC_TIMEOUT,
+    )
+    assert resp.data.startswith(b"uid=1234(app) gid=1234(app)")
+
+
+async def test_unknown_user_and_unhonoured_fields_are_refused(
+    agent: Any, init_pid: int, rootfs: Path
+) -> None:
+    share(init_pid, rootfs, "bad")
+    with pytest.raises(InvalidArgument, match="user 'ghost' not found"):
+        await agent.CreateContainer(
+            agent_pb2.CreateContainerRequest(
+                container_id="bad",
+                OCI=spec("bad", ["true"]),
+                string_user=agent_pb2.StringUser(uid="ghost"),
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+    with pytest.raises(Unimplemented, match="shared_mounts"):
+        await agent.CreateContainer(
+            agent_pb2.CreateContainerRequest(
+                container_id="bad",
+                OCI=spec("bad", ["true"]),
+                shared_mounts=[agent_pb2.SharedMount(name="m", src_ctr="pause", dst_ctr="bad")],
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+
+
+async def test_destroy_sandbox(
+    agent: Any, agent_process: subprocess.Popen[bytes], work_dir: Path
+) -> None:
+    await agent.DestroySandbox(agent_pb2.DestroySandboxRequest(), timeout=RPC_TIMEOUT)
+    agent_process.wait(timeout=15)
+    # Run as the Rust agent runs them: argv is the hook's name, then its kind.
+    lines = (work_dir / "hooks.out").read_text().splitlines()
+    assert sorted(set(lines)) == ["poststart", "poststop", "prestart"]
+    # Two containers ran (pause and app); a hook may run once more for a failed create.
+    assert lines.count("poststart") == 2 and lines.count("poststop") >= 2
