@@ -272,7 +272,7 @@ async def test_update_ephemeral_mounts(agent: Any) -> None:
 async def test_small_guest_rpcs(agent: Any) -> None:
     metrics = (await agent.GetMetrics(agent_pb2.GetMetricsRequest())).metrics
     assert "kata_agent_process_resident_memory_bytes" in metrics
-    assert 'kata_guest_meminfo{item="MemTotal"}' in metrics
+    assert 'kata_guest_meminfo{item="mem_total"}' in metrics
     await agent.ReseedRandomDev(agent_pb2.ReseedRandomDevRequest(data=os.urandom(32)))
     with pytest.raises(InvalidArgument):
         await agent.ReseedRandomDev(agent_pb2.ReseedRandomDevRequest())

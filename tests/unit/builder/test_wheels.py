@@ -11,7 +11,7 @@ from pykata.builder import mkosi, wheels
 
 def test_guest_requirements_are_base_plus_guest_extra() -> None:
     names = {req.split("<")[0].split(">")[0].split("=")[0] for req in wheels.guest_requirements()}
-    assert names == {"protobuf", "pyroute2", "pyudev"}
+    assert names == {"protobuf", "pyroute2", "pyudev", "prometheus_client"}
 
 
 def test_install_agent_carries_no_host_or_builder_code(tmp_path: Path) -> None:
