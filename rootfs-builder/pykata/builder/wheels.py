@@ -2,7 +2,8 @@
 
 The guest gets pykata.protocols, pykata.ttrpc and pykata.agent only (never the host CLI or
 this builder). Dependency wheels are downloaded for the guest's interpreter (trixie's
-CPython 3.13, x86_64): protobuf's abi3 wheel and the pure-Python pyroute2 and pyudev.
+CPython 3.13, x86_64): protobuf's abi3 wheel and the pure-Python pyroute2, pyudev and
+prometheus_client.
 """
 
 from __future__ import annotations
