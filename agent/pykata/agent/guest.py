@@ -8,6 +8,7 @@ import fcntl
 import glob
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pykata.agent import log
@@ -121,7 +122,33 @@ def online_memory(sysfs: str = SYSFS_MEMORY) -> int:
     return _online_all(f"{sysfs}/memory[0-9]*/online")
 
 
-async def online_cpus_and_memory(nb_cpus: int, *, cpu_only: bool) -> None:
+_background: set[asyncio.Task[None]] = set()
+
+
+async def online_cpu_mem(
+    nb_cpus: int, *, cpu_only: bool, wait: bool, after_cpus: Callable[[], None] | None = None
+) -> None:
+    """OnlineCPUMem: with ``wait``, answer once the CPUs are online; otherwise do it in the
+    background and answer at once (failures are logged). ``after_cpus`` runs once CPUs were
+    asked for and are online (widening running containers' cpusets)."""
+    work = online_cpus_and_memory(nb_cpus, cpu_only=cpu_only, after_cpus=after_cpus)
+    if wait:
+        await work
+        return
+    task = asyncio.ensure_future(work)
+    _background.add(task)
+    task.add_done_callback(_finished)
+
+
+def _finished(task: asyncio.Task[None]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("onlining CPUs or memory failed", extra={"error": str(task.exception())})
+
+
+async def online_cpus_and_memory(
+    nb_cpus: int, *, cpu_only: bool, after_cpus: Callable[[], None] | None = None
+) -> None:
     """As Kata: ``nb_cpus`` is how many CPUs must be online in the end (0: leave them), then
     every memory block is onlined unless ``cpu_only``. Hotplugged CPUs show up in sysfs a
     little after the runtime asked, hence the retries."""
@@ -136,6 +163,8 @@ async def online_cpus_and_memory(nb_cpus: int, *, cpu_only: bool) -> None:
             )
     if not cpu_only:
         logger.info("onlined memory", extra={"memory_blocks": online_memory()})
+    if nb_cpus > 0 and after_cpus is not None:
+        after_cpus()
 
 
 @dataclass(frozen=True)

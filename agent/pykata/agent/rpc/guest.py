@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from pykata.agent import guest
+from pykata.agent import cpuset, guest
+from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2
 
 
 class GuestHandlers:
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
     async def SetGuestDateTime(self, req: agent_pb2.SetGuestDateTimeRequest) -> empty_pb2.Empty:
         guest.set_time(req.Sec, req.Usec)
         return empty_pb2.Empty()
 
     async def OnlineCPUMem(self, req: agent_pb2.OnlineCPUMemRequest) -> empty_pb2.Empty:
-        await guest.online_cpus_and_memory(req.nb_cpus, cpu_only=req.cpu_only)
+        await guest.online_cpu_mem(
+            req.nb_cpus,
+            cpu_only=req.cpu_only,
+            wait=req.wait,
+            after_cpus=lambda: cpuset.widen_containers(self._sandbox.containers.values()),
+        )
         return empty_pb2.Empty()
 
     async def MemHotplugByProbe(self, req: agent_pb2.MemHotplugByProbeRequest) -> empty_pb2.Empty:

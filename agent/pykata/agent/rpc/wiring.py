@@ -27,7 +27,7 @@ def services(sandbox: Sandbox) -> list[tuple[ServiceDescriptor, list[Translating
     """Each service the agent answers, with the handler objects that serve it."""
     agent = [
         SandboxHandlers(sandbox),
-        GuestHandlers(),
+        GuestHandlers(sandbox),
         FileHandlers(),
         StorageHandlers(sandbox),
         MetricsHandlers(),
