@@ -39,6 +39,11 @@ class MachineSpec:
     vsock: VhostUserVsock | KernelVsock
     virtiofs_socket: Path | None
     name: str = "pykata"
+    hotplug_ports: int = 0  # empty PCIe root ports hp0, hp1, ... at slots 0x10, 0x11, ...
+    scsi: bool = False  # a virtio-scsi controller (id scsi0) to hot-plug scsi-hd disks on
+
+
+HOTPLUG_PORT_SLOT = 0x10
 
 
 def command(spec: MachineSpec) -> list[str]:
@@ -68,21 +73,38 @@ def command(spec: MachineSpec) -> list[str]:
             "-chardev", f"socket,id=virtiofs,path={spec.virtiofs_socket}",
             "-device", f"vhost-user-fs-pci,chardev=virtiofs,tag={VIRTIOFS_TAG}",
         ]  # fmt: skip
+    for index in range(spec.hotplug_ports):
+        # q35's root bus takes no hot-plugged devices: they go behind a root port (a bridge).
+        slot = HOTPLUG_PORT_SLOT + index
+        cmd += [
+            "-device",
+            f"pcie-root-port,id=hp{index},bus=pcie.0,chassis={index + 1},addr={slot:#x}",
+        ]
+    if spec.scsi:
+        cmd += ["-device", "virtio-scsi-pci,id=scsi0"]
     return cmd
 
 
 QMP_TIMEOUT = 5.0
 
 
-async def qmp(socket: Path, execute: str) -> dict[str, Any]:
+async def qmp(
+    socket: Path, execute: str, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run one QMP command and return its reply (``{"return": ...}`` or ``{"error": ...}``)."""
 
     async def talk() -> dict[str, Any]:
         reader, writer = await asyncio.open_unix_connection(str(socket))
         try:
             await reader.readline()  # greeting
-            for cmd in ("qmp_capabilities", execute):
-                writer.write(json.dumps({"execute": cmd}).encode() + b"\n")
+            commands: list[dict[str, Any]] = [
+                {"execute": "qmp_capabilities"},
+                {"execute": execute},
+            ]
+            if arguments is not None:
+                commands[1]["arguments"] = arguments
+            for cmd in commands:
+                writer.write(json.dumps(cmd).encode() + b"\n")
                 await writer.drain()
                 while True:
                     line = await reader.readline()

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pykata.host.vm import qemu, virtiofsd
 from pykata.host.vm.kvm import kvm_works
@@ -84,10 +84,14 @@ class VM:
         detach: bool = False,
         start_timeout: float = 30.0,
         vsock_connect_timeout: float | None = None,
+        hotplug_ports: int = 0,
+        scsi: bool = False,
     ) -> None:
         """``accel`` None probes KVM and falls back to TCG; ``detach`` lets the processes
         outlive this one (``kata-agent-ctl vm up``); ``vsock_connect_timeout`` is our vsock
-        back-end's ``--connect-timeout`` (None: its default)."""
+        back-end's ``--connect-timeout`` (None: its default); ``hotplug_ports`` empty PCIe
+        root ports (``hp0`` at slot 0x10, ...) and ``scsi`` a virtio-scsi controller
+        (``scsi0``) give :meth:`qmp` somewhere to hot-plug disks."""
         self.kernel = Path(kernel)
         self.initrd = Path(initrd)
         self.shared_dir = Path(shared_dir) if shared_dir is not None else None
@@ -103,6 +107,8 @@ class VM:
         self.detach = detach
         self.start_timeout = start_timeout
         self.vsock_connect_timeout = vsock_connect_timeout
+        self.hotplug_ports = hotplug_ports
+        self.scsi = scsi
         self.kernel_vsock = VHOST_VSOCK_DEVICE.exists()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[BinaryIO] = []
@@ -170,12 +176,22 @@ class VM:
                 vsock=vsock,
                 virtiofs_socket=virtiofs_socket,
                 name=self.name,
+                hotplug_ports=self.hotplug_ports,
+                scsi=self.scsi,
             )
             self._spawn("qemu", qemu.command(spec))
             log.info("VM %s: QEMU started (%s)", self.name, self.accel)
         except BaseException:
             await self.stop()
             raise
+
+    async def qmp(self, execute: str, **arguments: Any) -> Any:
+        """One QMP command to the running QEMU (``device_add``, ``blockdev-add``...); its
+        ``return`` value. VMError when QEMU refuses it."""
+        reply = await qemu.qmp(self.workdir / "qmp.sock", execute, arguments or None)
+        if "error" in reply:
+            raise VMError(f"QMP {execute}: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")
 
     def _spawn(
         self, role: str, cmd: list[str], stdout: int | None = None
