@@ -122,24 +122,26 @@ class Containerd:
                 raise RuntimeError(f"containerd did not start:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.1)
 
-    def ctr(
-        self, *args: str, timeout: float = 300, stdin: int | None = subprocess.DEVNULL
-    ) -> subprocess.CompletedProcess[str]:
-        assert self.process is not None
-        command = [
-            "nsenter", "-t", str(self.process.pid), "-m", "--",
-            "ctr", "--address", str(self.socket), "--namespace", NAMESPACE, *args,
-        ]  # fmt: skip
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, stdin=stdin)
+    def ctr_command(self) -> list[str]:
+        return ["ctr", "--address", str(self.socket), "--namespace", NAMESPACE]
 
-    def in_namespace(self, *command: str) -> subprocess.CompletedProcess[str]:
-        """A command in containerd's mount namespace (to look at its /run)."""
+    def ctr(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """`ctr` in containerd's mount namespace, with no stdin."""
+        assert self.process is not None
+        command = ["nsenter", "-t", str(self.process.pid), "-m", "--", *self.ctr_command(), *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+
+    def in_namespace(self, *command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """A command in containerd's mount namespace (its /run, its ctr FIFOs)."""
         assert self.process is not None
         return subprocess.run(
             ["nsenter", "-t", str(self.process.pid), "-m", "--", *command],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
     def mount_namespace(self) -> str:
