@@ -27,6 +27,16 @@ class KernelVsock:
 
 
 @dataclass(frozen=True)
+class TapNic:
+    """A virtio-net NIC on a TAP device QEMU creates (named ``ifname``) in the network
+    namespace it runs in; no vhost (no /dev/vhost-net needed), no ifup scripts."""
+
+    ifname: str
+    mac: str
+    id: str = "net0"
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     kernel: Path
     initrd: Path
@@ -41,6 +51,7 @@ class MachineSpec:
     name: str = "pykata"
     hotplug_ports: int = 0  # empty PCIe root ports hp0, hp1, ... at slots 0x10, 0x11, ...
     scsi: bool = False  # a virtio-scsi controller (id scsi0) to hot-plug scsi-hd disks on
+    nic: TapNic | None = None
 
 
 HOTPLUG_PORT_SLOT = 0x10
@@ -82,6 +93,12 @@ def command(spec: MachineSpec) -> list[str]:
         ]
     if spec.scsi:
         cmd += ["-device", "virtio-scsi-pci,id=scsi0"]
+    if spec.nic is not None:
+        nic = spec.nic
+        cmd += [
+            "-netdev", f"tap,id={nic.id},ifname={nic.ifname},script=no,downscript=no,vhost=off",
+            "-device", f"virtio-net-pci,netdev={nic.id},mac={nic.mac}",
+        ]  # fmt: skip
     return cmd
 
 

@@ -11,6 +11,12 @@ reach the guest. Every process, socket and that mount goes away on ``stop()``, w
 context manager also runs on errors, test failures and Ctrl-C (cancellation); for a detached
 VM, ``stop_detached()`` does it. Non-detached children also die with their parent
 (PR_SET_PDEATHSIG); the mount of a killed parent stays until the next start or stop.
+
+With ``nic=Nic(mac, netns_pid)`` the guest gets a virtio-net NIC on a TAP device: QEMU runs in
+the network namespace of process ``netns_pid`` (``nsenter --net``; its sockets are paths,
+reachable from any namespace) and creates the tap there, never in the host's namespace.
+``start()`` returns once the tap exists (configured when ``host_address`` is given); it goes
+away with QEMU, the namespace with its holder (the caller's).
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from pykata.host.vm import qemu, virtiofsd
+from pykata.host.vm import netns, qemu, virtiofsd
 from pykata.host.vm.kvm import kvm_works
 from pykata.host.vm.process import die_with_parent, terminate, wait_exit
 from pykata.host.vm.sharedfs import make_shared_mount, remove_shared_mount
@@ -43,11 +50,24 @@ VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
 UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
 # Seconds each process gets to exit by itself before SIGTERM, in stop order: QEMU after
 # QMP quit, virtiofsd once QEMU hung up; the vsock back-end serves until told to stop.
-EXIT_GRACE = {"qemu": 5.0, "vsock": 0.0, "virtiofsd": 2.0}
+# A network namespace holder (``vm up --net``: role "netns") goes last, after QEMU.
+EXIT_GRACE = {"qemu": 5.0, "vsock": 0.0, "virtiofsd": 2.0, "netns": 0.0}
 
 
 class VMError(Exception):
     """The VM or one of its helper processes failed to start or died."""
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A virtio-net NIC whose TAP device ``tap`` QEMU creates in the network namespace of
+    process ``netns_pid`` (which must not be the host's). ``host_address`` (CIDR, e.g.
+    ``10.99.0.1/24``): give it to the tap and bring the tap up once QEMU created it."""
+
+    mac: str
+    netns_pid: int
+    tap: str = "tap0"
+    host_address: str | None = None
 
 
 def remove_sockets(workdir: Path) -> None:
@@ -86,12 +106,14 @@ class VM:
         vsock_connect_timeout: float | None = None,
         hotplug_ports: int = 0,
         scsi: bool = False,
+        nic: Nic | None = None,
     ) -> None:
         """``accel`` None probes KVM and falls back to TCG; ``detach`` lets the processes
         outlive this one (``kata-agent-ctl vm up``); ``vsock_connect_timeout`` is our vsock
         back-end's ``--connect-timeout`` (None: its default); ``hotplug_ports`` empty PCIe
         root ports (``hp0`` at slot 0x10, ...) and ``scsi`` a virtio-scsi controller
-        (``scsi0``) give :meth:`qmp` somewhere to hot-plug disks."""
+        (``scsi0``) give :meth:`qmp` somewhere to hot-plug disks; ``nic`` a virtio-net NIC
+        on a TAP in another network namespace (see :class:`Nic`)."""
         self.kernel = Path(kernel)
         self.initrd = Path(initrd)
         self.shared_dir = Path(shared_dir) if shared_dir is not None else None
@@ -109,6 +131,7 @@ class VM:
         self.vsock_connect_timeout = vsock_connect_timeout
         self.hotplug_ports = hotplug_ports
         self.scsi = scsi
+        self.nic = nic
         self.kernel_vsock = VHOST_VSOCK_DEVICE.exists()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[BinaryIO] = []
@@ -178,12 +201,42 @@ class VM:
                 name=self.name,
                 hotplug_ports=self.hotplug_ports,
                 scsi=self.scsi,
+                nic=qemu.TapNic(self.nic.tap, self.nic.mac) if self.nic else None,
             )
-            self._spawn("qemu", qemu.command(spec))
+            cmd = qemu.command(spec)
+            if self.nic is not None:
+                cmd = ["nsenter", f"--net={self._nic_namespace()}", "--", *cmd]
+            proc = self._spawn("qemu", cmd)
             log.info("VM %s: QEMU started (%s)", self.name, self.accel)
+            if self.nic is not None:
+                await self._set_up_tap(proc)
         except BaseException:
             await self.stop()
             raise
+
+    def _nic_namespace(self) -> Path:
+        """The NIC's network namespace, after making sure it is not this host's."""
+        assert self.nic is not None
+        try:
+            netns.wait_own_namespace(self.nic.netns_pid)
+        except ValueError as exc:
+            raise VMError(f"NIC: {exc}") from None
+        return netns.netns_path(self.nic.netns_pid)
+
+    async def _set_up_tap(self, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for QEMU to create the tap in the NIC's namespace; configure its address."""
+        assert self.nic is not None
+        deadline = time.monotonic() + self.start_timeout
+        while self.nic.tap not in netns.link_names(self.nic.netns_pid):
+            self._check_alive("qemu", proc)
+            if time.monotonic() > deadline:
+                raise VMError(f"QEMU made no {self.nic.tap} in {self.start_timeout}s")
+            await asyncio.sleep(0.02)
+        if self.nic.host_address is not None:
+            try:
+                netns.configure_link(self.nic.netns_pid, self.nic.tap, self.nic.host_address)
+            except subprocess.CalledProcessError as exc:
+                raise VMError(f"configuring {self.nic.tap}: {exc.stderr.strip()}") from None
 
     async def qmp(self, execute: str, **arguments: Any) -> Any:
         """One QMP command to the running QEMU (``device_add``, ``blockdev-add``...); its
