@@ -179,6 +179,7 @@ class VM:
         remove_sockets(self.workdir)
         self.console_log.unlink(missing_ok=True)
         try:
+            nic_namespace = self._nic_namespace() if self.nic is not None else None
             if self.accel is None:
                 self.accel = "kvm" if await asyncio.to_thread(kvm_works, self.kernel) else "tcg"
             virtiofs_socket = await self._start_virtiofsd() if self.shared_dir else None
@@ -204,8 +205,8 @@ class VM:
                 nic=qemu.TapNic(self.nic.tap, self.nic.mac) if self.nic else None,
             )
             cmd = qemu.command(spec)
-            if self.nic is not None:
-                cmd = ["nsenter", f"--net={self._nic_namespace()}", "--", *cmd]
+            if nic_namespace is not None:
+                cmd = ["nsenter", f"--net={nic_namespace}", "--", *cmd]
             proc = self._spawn("qemu", cmd)
             log.info("VM %s: QEMU started (%s)", self.name, self.accel)
             if self.nic is not None:
