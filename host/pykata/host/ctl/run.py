@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pykata.host.ctl.errors import CtlError, UsageError
+from pykata.host.ctl.network import configure_guest_network
 from pykata.host.ctl.session import Session
 from pykata.host.ctl.share import share_rootfs, unshare_rootfs
 from pykata.host.ctl.spec import ProcessOptions, build_process, build_spec
@@ -65,8 +66,14 @@ async def ensure_sandbox(session: Session, target: Target, state_file: StateFile
                 sandbox_id=sandbox_id,
                 storages=[SHARED_STORAGE] if target.virtio_fs else [],
             )
-            with contextlib.suppress(AlreadyExists):
+            try:
                 await session.agent_empty("CreateSandbox", request)
+            except AlreadyExists:
+                pass  # somebody else's sandbox: its network is theirs
+            else:
+                if target.net is not None:
+                    # As Kata's runtime does before the first container: the NIC, then routes.
+                    await configure_guest_network(session, target.net)
             state.sandbox_id = sandbox_id
         return state.sandbox_id
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pykata.host.ctl.errors import UsageError
+from pykata.host.ctl.network import GuestNet
 from pykata.host.vm import state as vm_state
 
 # Where the agent expects container roots (it refuses any outside /run/kata-containers); in
@@ -22,6 +23,7 @@ class Target:
     shared_dir: Path | None = None
     virtio_fs: bool = False  # the sandbox must mount the kataShared virtio-fs storage
     console_log: Path | None = None
+    net: GuestNet | None = None  # the VM's NIC, configured when the sandbox is created
 
 
 def address_target(address: str) -> Target:
@@ -45,4 +47,7 @@ def vm_target(name: str) -> Target:
         shared_dir=Path(vm.shared_dir),
         virtio_fs=True,
         console_log=Path(vm.console_log),
+        net=GuestNet(mac=vm.net["mac"], address=vm.net["address"], gateway=vm.net["gateway"])
+        if vm.net
+        else None,
     )

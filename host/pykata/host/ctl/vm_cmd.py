@@ -3,6 +3,10 @@
 ``vm up`` boots the kernel + initrd (default: the image builder's ``build/``) with the
 shared folder and vsock, waits until the agent's vsock port accepts, and records the VM
 in ``${XDG_RUNTIME_DIR:-/run}/pykata/vms/<name>/vm.json`` for ``--vm NAME`` elsewhere.
+``--net CIDR`` adds a virtio-net NIC: its tap lives in a network namespace of the VM's own
+(a holder process, recorded as pid ``netns``, killed by ``vm down``) with the CIDR's first
+address; ``run --vm NAME`` gives the guest's NIC the CIDR's address and a default route via
+the tap end before its first container.
 Exit codes: 0 ok (status: running), 1 status: not (fully) running, 2 usage (unknown VM,
 missing files, already running), 3 the VM failed to come up.
 """
@@ -12,16 +16,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from pykata.host.vm import state
-from pykata.host.vm.runner import VM, VMError, stop_detached
+from pykata.host.vm import netns, state
+from pykata.host.vm.runner import VM, Nic, VMError, stop_detached
 
 DEFAULT_NAME = "pykata"
 DEFAULT_KERNEL = Path("build/vmlinuz")
 DEFAULT_INITRD = Path("build/kata-initrd.img")
+TAP = "tap0"
+
+
+def guest_cidr(text: str) -> str:
+    try:
+        netns.host_end(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_parser(
@@ -46,6 +60,13 @@ def add_parser(
         "--accel", choices=["auto", "kvm", "tcg"], default="auto", help="auto probes KVM"
     )
     up.add_argument("--append", default="", help="extra kernel command line")
+    up.add_argument(
+        "--net",
+        type=guest_cidr,
+        metavar="CIDR",
+        help="a virtio-net NIC with this guest address (e.g. 10.99.0.2/24) on a tap in a "
+        "network namespace of the VM's own, the tap at the network's first address",
+    )
     up.add_argument(
         "--wait-port",
         type=int,
@@ -96,6 +117,19 @@ async def up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     workdir = state.vm_dir(args.name)
     shared = args.shared_dir or state.default_shared_dir(args.name)
+    holder: subprocess.Popen[bytes] | None = None
+    net: dict[str, str] = {}
+    nic: Nic | None = None
+    if args.net:
+        tap_address, gateway = netns.host_end(args.net)
+        try:
+            # Tagged with the workdir: `vm status`/`vm down` know it as this VM's.
+            holder = netns.start_holder(str(workdir), detach=True)
+        except (OSError, ValueError) as exc:
+            print(f"kata-agent-ctl vm up: network namespace: {exc}", file=sys.stderr)
+            return 3
+        net = {"mac": netns.random_mac(), "address": args.net, "gateway": gateway, "tap": TAP}
+        nic = Nic(mac=net["mac"], netns_pid=holder.pid, tap=TAP, host_address=tap_address)
     vm = VM(
         args.kernel.resolve(),
         args.initrd.resolve(),
@@ -107,6 +141,7 @@ async def up(args: argparse.Namespace) -> int:
         append=args.append,
         accel=None if args.accel == "auto" else args.accel,
         detach=True,
+        nic=nic,
     )
     try:
         await vm.start()
@@ -117,7 +152,8 @@ async def up(args: argparse.Namespace) -> int:
             console_log=str(vm.console_log),
             workdir=str(workdir),
             accel=vm.accel or "tcg",
-            pids=vm.pids,
+            pids={**vm.pids, "netns": holder.pid} if holder else vm.pids,
+            net=net,
         )
         vm_state.save()
         if args.wait_port:
@@ -125,12 +161,18 @@ async def up(args: argparse.Namespace) -> int:
     except (VMError, OSError) as exc:
         print(f"kata-agent-ctl vm up: {exc}", file=sys.stderr)
         await vm.stop()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
         state.VMState.remove_named(args.name)
         return 3
     print(f"VM {args.name} up ({vm.accel}) in {time.monotonic() - t0:.1f}s")
     print(f"  agent:   {vm.agent_address}")
     print(f"  shared:  {shared}")
     print(f"  console: {vm.console_log}")
+    if net:
+        print(f"  network: {net['address']} ({net['mac']}), gateway {net['gateway']} on {TAP}")
+        print(f"           in the network namespace of pid {holder.pid if holder else '?'}")
     return 0
 
 

@@ -62,7 +62,10 @@ def start_holder(tag: str, *, detach: bool = False) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         holder_command(tag),
         stdin=subprocess.DEVNULL,
+        # No pipe of the caller's may stay open in it (a `subprocess.run` of `vm up` waits
+        # for EOF on them).
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=detach,
     )
     try:

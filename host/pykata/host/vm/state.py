@@ -3,7 +3,9 @@
 ``${XDG_RUNTIME_DIR:-/run}/pykata/vms/<name>/vm.json`` holds the agent address
 (``hvsock:///…/vsock.sock:1024`` or ``vsock://CID:1024``), the host side of the shared
 folder (tag kataShared; laid out like Kata's
-``/run/kata-containers/shared/sandboxes/<id>/shared``), the console log and the pids.
+``/run/kata-containers/shared/sandboxes/<id>/shared``), the console log and the pids (with
+``netns``, the holder of the NIC's network namespace, for ``vm up --net``), and ``net``: the
+guest NIC's ``mac``, ``address`` (CIDR), ``gateway`` and ``tap`` (empty without a NIC).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class VMState:
     workdir: str
     accel: str
     pids: dict[str, int] = field(default_factory=dict)
+    net: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
