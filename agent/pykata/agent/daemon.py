@@ -59,6 +59,8 @@ async def serve(config: AgentConfig) -> None:
     # from upb to pure Python (slower, ~3 MiB more memory).
     ready = {"address": config.server_addr, "protobuf": api_implementation.Type()}
     logger.info("agent ready", extra=ready)
+    # Once, in the background: the first CreateContainer awaits it, no request runs it.
+    sandbox.start_runtime_probe()
     release_startup_memory()
     background: list[asyncio.Task[None]] = []
     if config.debug_console:

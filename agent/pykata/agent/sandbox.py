@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pykata.agent import log, namespaces
+from pykata.agent.cgroups import check_container_path, own_cgroups
 from pykata.agent.config import AgentConfig, in_guest
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.container import Container
@@ -64,6 +65,11 @@ def owns_etc() -> bool:
         return False
 
 
+def _log_probe_failure(probe: asyncio.Future[OciRuntime]) -> None:
+    if not probe.cancelled() and (exc := probe.exception()) is not None:
+        logger.error("no usable OCI runtime", extra={"error": str(exc)})
+
+
 class Sandbox:
     def __init__(self, config: AgentConfig, reaper: Reaper) -> None:
         self.config = config
@@ -90,10 +96,10 @@ class Sandbox:
         self._lsms: frozenset[str] | None = None
         self._resolv_mounted = False
         self._lock = asyncio.Lock()
-        self._runtime: OciRuntime | None = None
-        self._runtime_lock = asyncio.Lock()
-        # Ids of containers being created: a second create of one is refused meanwhile.
-        self._creating: set[str] = set()
+        self._runtime_probe: asyncio.Future[OciRuntime] | None = None
+        # Containers being created and the cgroup each claimed: a second create of one id,
+        # or of one cgroup, is refused meanwhile.
+        self._creating: dict[str, str] = {}
 
     def get_container(self, cid: str) -> Container:
         try:
@@ -101,12 +107,19 @@ class Sandbox:
         except KeyError:
             raise NotFound(f"container {cid} not found") from None
 
+    def start_runtime_probe(self) -> None:
+        """Detect the OCI runtime in the background (at start-up, right after listening):
+        no request pays for the probe, and no dropped client can interrupt it."""
+        if self._runtime_probe is None:
+            self._runtime_probe = asyncio.ensure_future(detect(self.reaper))
+            self._runtime_probe.add_done_callback(_log_probe_failure)
+
     async def _oci_runtime(self) -> OciRuntime:
-        """The OCI runtime, detected on first use."""
-        async with self._runtime_lock:
-            if self._runtime is None:
-                self._runtime = await detect(self.reaper)
-            return self._runtime
+        """The OCI runtime the start-up probe found (probed now if it was never started)."""
+        self.start_runtime_probe()
+        assert self._runtime_probe is not None
+        # Shielded: a cancelled request leaves the probe running for the next one.
+        return await asyncio.shield(self._runtime_probe)
 
     async def create_container(
         self,
@@ -123,6 +136,8 @@ class Sandbox:
 
         ``exec_id`` defaults to the container id; a failing step undoes the ones before.
         With ``sandbox_pidns`` the container joins the first container's pid namespace.
+        The work runs shielded from the request's cancellation (a dropped client): a
+        cancelled request waits for it and then undoes it, so nothing is left half-made.
         """
         cid = validate_container_id(container_id)
         exec_id = validate_exec_id(exec_id or cid)
@@ -138,44 +153,100 @@ class Sandbox:
             shared["pid"] = pidns
         if self._lsms is None:
             self._lsms = guest_lsms()
-        self._creating.add(cid)
+        self._creating[cid] = ""
         try:
-            runtime = await self._oci_runtime()
-            bundle = Bundle(cid)
-            guest = rewrite_spec(
-                spec,
-                container_id=cid,
-                rootfs=bundle.rootfs,
-                namespaces=shared,
-                lsms=self._lsms,
-                guest_hooks=self.guest_hooks,
-            )
-            await update_spec_devices(guest.spec, devices or [], self.devices)
-            mount_points = await self.storages.add(storages, cid=cid)
-            container = Container(
-                cid,
-                bundle,
-                guest.spec,
-                runtime,
-                self.reaper,
-                mount_points,
-                self.storages,
-                self.config.container_pipe_size,
+            work = asyncio.ensure_future(
+                self._create_container(
+                    cid, exec_id, spec, root, shared, storages, devices or [], string_user
+                )
             )
             try:
-                bundle.create(root)
-                resolve_process_user(bundle.rootfs, guest.spec["process"], string_user)
-                apply_net_sysctls(guest.net_sysctls, cid)
-                await container.launch(exec_id)
-            except BaseException:
-                await container.destroy()
+                container = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                await self._undo_cancelled_create(cid, work)
                 raise
             if self._pidns is None and not self.containers and container.init is not None:
                 self._pidns = (cid, f"/proc/{container.init.pid}/ns/pid")
             self.containers[cid] = container
         finally:
-            self._creating.discard(cid)
+            self._creating.pop(cid, None)
         logger.info("container created", extra={"container": cid})
+
+    async def _undo_cancelled_create(self, cid: str, work: asyncio.Future[Container]) -> None:
+        """The request was cancelled: let the creation finish, then tear it down."""
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(work)
+        if work.cancelled() or work.exception() is not None:
+            return  # the creation failed and rolled itself back
+        container = work.result()
+        logger.warning("container creation cancelled: undone", extra={"container": cid})
+        teardown = asyncio.ensure_future(container.destroy())
+        while not teardown.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(teardown)
+        if teardown.exception() is not None:
+            # Known to the API, so that RemoveContainer can finish the teardown.
+            self.containers[cid] = container
+
+    async def _create_container(
+        self,
+        cid: str,
+        exec_id: str,
+        spec: dict[str, Any],
+        root: str,
+        shared: dict[str, str],
+        storages: list[StorageSpec],
+        devices: list[DeviceSpec],
+        string_user: StringUser | None,
+    ) -> Container:
+        runtime = await self._oci_runtime()
+        bundle = Bundle(cid)
+        assert self._lsms is not None
+        guest = rewrite_spec(
+            spec,
+            container_id=cid,
+            rootfs=bundle.rootfs,
+            namespaces=shared,
+            lsms=self._lsms,
+            guest_hooks=self.guest_hooks,
+        )
+        self._claim_cgroup(cid, guest.spec["linux"]["cgroupsPath"])
+        await update_spec_devices(guest.spec, devices, self.devices)
+        mount_points = await self.storages.add(storages, cid=cid)
+        container = Container(
+            cid,
+            bundle,
+            guest.spec,
+            runtime,
+            self.reaper,
+            mount_points,
+            self.storages,
+            self.config.container_pipe_size,
+        )
+        try:
+            bundle.create(root)
+            resolve_process_user(bundle.rootfs, guest.spec["process"], string_user)
+            apply_net_sysctls(guest.net_sysctls, cid)
+            await container.launch(exec_id)
+        except BaseException:
+            try:
+                await container.destroy()
+            except Exception:
+                logger.exception("cannot undo a failed creation", extra={"container": cid})
+                # Known to the API, so that RemoveContainer can finish the teardown.
+                self.containers[cid] = container
+            raise
+        return container
+
+    def _claim_cgroup(self, cid: str, path: str) -> None:
+        """Refuse a cgroup that is the agent's, above it, or another container's."""
+        in_use = [c.cgroup.path for c in self.containers.values()]
+        in_use += [p for other, p in self._creating.items() if other != cid and p]
+        problem = check_container_path(path, in_use, own_cgroups())
+        if problem:
+            raise InvalidArgument(f"linux.cgroupsPath: {problem}")
+        self._creating[cid] = path
 
     def _sandbox_pidns(self) -> str:
         """The pid namespace file to join; empty for the first container, which makes it."""
@@ -197,16 +268,22 @@ class Sandbox:
 
     async def remove_container(self, cid: str, time_limit: int) -> None:
         """Destroy the container; past ``time_limit`` seconds (0: none) DeadlineExceeded,
-        while the teardown goes on in the background (as in Kata)."""
+        while the teardown goes on in the background (as in Kata). The container stays known
+        until its teardown completed: a failed one answers its error and a retry continues."""
         container = self.get_container(cid)
-        destroy = asyncio.ensure_future(container.destroy())
+        destroy = asyncio.ensure_future(self._destroy_container(cid, container))
         if time_limit:
             done, _ = await asyncio.wait([destroy], timeout=time_limit)
             if not done:
                 raise DeadlineExceeded(f"removing container {cid} took longer than {time_limit}s")
-        await destroy
-        self.containers.pop(cid, None)
+        # A dropped client does not stop the teardown half-way.
+        await asyncio.shield(destroy)
         logger.info("container removed", extra={"container": cid})
+
+    async def _destroy_container(self, cid: str, container: Container) -> None:
+        await container.destroy()
+        if self.containers.get(cid) is container:
+            del self.containers[cid]
 
     async def update_ephemeral_mounts(self, specs: list[StorageSpec]) -> None:
         """Mounted ephemeral storages get the new options (the runtime sends
@@ -319,7 +396,8 @@ class Sandbox:
                     await container.destroy()
                 except Exception:
                     logger.exception("cannot destroy container", extra={"container": cid})
-                self.containers.pop(cid, None)
+                else:
+                    self.containers.pop(cid, None)
             await self._teardown()
             self.running = False
             logger.info("sandbox destroyed", extra={"sandbox": self.id})

@@ -57,7 +57,7 @@ def test_rewrite_namespaces_root_hooks_and_defaults() -> None:
         {"type": "mount"},
         {"type": "pid"},
     ]
-    assert out["linux"]["cgroupsPath"] == "/kubepods/pod1/c1"
+    assert out["linux"]["cgroupsPath"] == "/kata/kubepods/pod1/c1"
     assert out["process"]["env"] == ["A=1", DEFAULT_PATH]
     assert out["process"]["cwd"] == "/"
     assert out["process"]["user"] == {"uid": 0, "gid": 0}
@@ -106,8 +106,8 @@ def test_mount_source_under_kata_tree_is_normalised() -> None:
     [
         ("", "/kata/c1"),
         ("system.slice:kata:c1", "/kata/c1"),
-        ("kubepods/x", "/kubepods/x"),
-        ("/a//b/", "/a/b"),
+        ("kubepods/x", "/kata/kubepods/x"),
+        ("/a//b/", "/kata/a/b"),
     ],
 )
 def test_cgroups_path(requested: str, expected: str) -> None:

@@ -15,7 +15,13 @@ from pykata.agent.cgroups import Cgroup, open_cgroup
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.runtime import STATE_ROOT, OciRuntime, RuntimeFailure
 from pykata.agent.container.spec import process_defaults
-from pykata.agent.errors import AlreadyExists, FailedPrecondition, NotFound
+from pykata.agent.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import ConsoleSocket
 from pykata.agent.process.table import ProcessTable
@@ -62,11 +68,24 @@ class Container:
         self._processes = ProcessTable()
         self._oom_task: asyncio.Task[None] | None = None
         self._init_tracker: asyncio.Future[None] | None = None
-        self._destroyed = False
+        # Set once the cgroup was checked absent and handed to the runtime to make: only a
+        # cgroup the agent created is ever frozen, signalled or removed.
+        self.owns_cgroup = False
+        # Teardown steps already done: a retried destroy continues after them.
+        self._torn_down: set[str] = set()
+        self._destroy_lock = asyncio.Lock()
+        self.destroyed = False
 
     async def launch(self, exec_id: str) -> None:
         """``runtime create``: the init process exists and waits for start."""
         process = Process(exec_id, init=True, terminal=bool(self.spec["process"].get("terminal")))
+        existing = self.cgroup.directories()
+        if existing:
+            raise InvalidArgument(
+                f"linux.cgroupsPath {self.cgroup.path} names an existing cgroup ({existing[0]}):"
+                " a container gets a cgroup of its own, created by the agent"
+            )
+        self.owns_cgroup = True
         self.bundle.write_config(self.spec)
         pid = await self._spawn(
             process,
@@ -255,6 +274,12 @@ class Container:
 
     async def signal_all(self, sig: int) -> None:
         """Signal every task in the cgroup, frozen meanwhile so none can fork away."""
+        if not self.owns_cgroup:
+            # Not a cgroup the agent made: only the processes it started.
+            for process in self._processes.live_processes():
+                with contextlib.suppress(ProcessLookupError):
+                    process.signal(sig)
+            return
         frozen = False
         try:
             await self.cgroup.freeze(True)
@@ -271,17 +296,54 @@ class Container:
                     await self.cgroup.freeze(False)
 
     async def destroy(self) -> None:
-        """Kill everything, delete the runtime container, unmount and free what it held."""
-        if self._destroyed:
-            return
-        self._destroyed = True
-        if self.cgroup.exists():
+        """Kill everything, delete the runtime container, unmount and free what it held.
+
+        Every step runs even when an earlier one failed; the failures are raised together
+        (Internal) and a later call retries only the steps not done yet."""
+        async with self._destroy_lock:
+            if self.destroyed:
+                return
+            errors: list[str] = []
+            for name, step in (
+                ("kill", self._kill_all),
+                ("runtime", self._delete_runtime),
+                ("processes", self._release_processes),
+                ("cgroup", self._remove_cgroup),
+                ("bundle", self._remove_bundle),
+                ("storages", self._remove_storages),
+            ):
+                if name in self._torn_down:
+                    continue
+                try:
+                    await step()
+                except Exception as exc:
+                    logger.warning(
+                        "container teardown step failed",
+                        extra={"container": self.id, "step": name, "error": str(exc)},
+                    )
+                    errors.append(f"{name}: {exc}")
+                else:
+                    self._torn_down.add(name)
+            self.state = State.STOPPED
+            if errors:
+                raise Internal(f"container {self.id} teardown incomplete: {'; '.join(errors)}")
+            self.destroyed = True
+
+    async def _kill_all(self) -> None:
+        if self.owns_cgroup and self.cgroup.exists():
             await self.signal_all(signal.SIGKILL)
             if self.state is State.PAUSED:
                 with contextlib.suppress(OSError):
                     await self.cgroup.freeze(False)
+        else:
+            await self.signal_all(signal.SIGKILL)
+
+    async def _delete_runtime(self) -> None:
+        # The runtime fails on a container it never made or already forgot: nothing to do.
         with contextlib.suppress(RuntimeFailure):
             await self.runtime.delete(self.id)
+
+    async def _release_processes(self) -> None:
         for process in self._processes.live_processes():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
@@ -292,10 +354,19 @@ class Container:
             self._init_tracker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._init_tracker
-        self.cgroup.remove()
+
+    async def _remove_cgroup(self) -> None:
+        if self.owns_cgroup:
+            self.cgroup.remove()
+
+    async def _remove_bundle(self) -> None:
         self.bundle.remove()
-        await self.storage_manager.remove(self.storages)
-        self.state = State.STOPPED
+
+    async def _remove_storages(self) -> None:
+        # One at a time: a retry must not drop a reference twice.
+        for mount_point in list(self.storages):
+            await self.storage_manager.remove([mount_point])
+            self.storages.remove(mount_point)
 
 
 def _exe(pid: int) -> str | None:

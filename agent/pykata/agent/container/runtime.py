@@ -15,6 +15,7 @@ import signal
 from typing import Any
 
 from pykata.agent import log
+from pykata.agent.cgroups import CONTAINER_ROOT
 from pykata.agent.errors import Internal, Unavailable
 from pykata.agent.mount import fstype_of
 from pykata.agent.process.process import ChildStdio
@@ -207,7 +208,7 @@ def probe_spec(container_id: str) -> dict[str, Any]:
         ],
         "linux": {
             "namespaces": [{"type": "mount"}, {"type": "pid"}],
-            "cgroupsPath": f"/{container_id}",
+            "cgroupsPath": f"{CONTAINER_ROOT}/{container_id}",
         },
     }
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pykata.agent import log
+from pykata.agent.cgroups import CONTAINER_ROOT
 from pykata.agent.errors import InvalidArgument
 from pykata.agent.validation import CONTAINER_BASE, validate_under
 
@@ -152,17 +153,20 @@ def _namespaces(requested: list[dict[str, str]], shared: dict[str, str]) -> list
 
 
 def cgroups_path(requested: str, container_id: str) -> str:
-    """A cgroupfs path for the container.
+    """A cgroupfs path for the container, always below the agent's CONTAINER_ROOT (/kata).
 
     The agent runs without systemd's cgroup manager, so systemd-style "slice:prefix:name"
-    paths (and an empty one) become a plain path of our own.
+    paths (and an empty one) become /kata/<id>; a plain path is placed below /kata, so it can
+    never name the agent's own cgroup, one above it or any other cgroup of the guest.
     """
     if not requested or ":" in requested:
-        return f"/kata/{container_id}"
+        return f"{CONTAINER_ROOT}/{container_id}"
+    if ".." in requested.split("/") or "\0" in requested:
+        raise InvalidArgument(f"linux.cgroupsPath {requested!r} must not contain '..'")
     normal = os.path.normpath("/" + requested.lstrip("/"))
-    if normal == "/" or ".." in requested.split("/"):
-        raise InvalidArgument(f"invalid cgroupsPath {requested!r}")
-    return normal
+    if normal == "/":
+        raise InvalidArgument(f"invalid linux.cgroupsPath {requested!r}")
+    return CONTAINER_ROOT + normal
 
 
 def _mount(mount: dict[str, Any]) -> dict[str, Any]:
