@@ -66,6 +66,9 @@ CGROUP_V1_CONTROLLERS = [
     "rdma",
 ]
 MODULES_LOAD_DIRS = ["/etc/modules-load.d", "/usr/lib/modules-load.d"]
+CGROUP_DIR = "/sys/fs/cgroup"
+# As OOMScoreAdjust= in the image flavour's unit (Kata's own unit has the same value).
+OOM_SCORE_ADJ = -997
 
 
 def is_pid1() -> bool:
@@ -134,25 +137,59 @@ def ensure_console(console: str = "/dev/console") -> None:
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
-def mount_cgroups(v2: bool) -> None:
+def mount_cgroups(v2: bool, root: str = CGROUP_DIR) -> None:
+    """Mount the cgroup filesystems at ``root``, unless something is mounted there already.
+
+    In a guest nothing is: /sys is the agent's own fresh sysfs. A mount found there was made
+    by someone else (a test wrapper, a host's tree seen through a private mount namespace:
+    its tmpfs superblock is the whole machine's): it is used as it is, never remounted, and
+    no folder is made in it."""
+    existing = fstype_of(root)
+    if existing is not None:
+        logger.info(
+            "cgroups already mounted: used as they are", extra={"target": root, "fstype": existing}
+        )
+        return
     if v2:
-        _mount_once("cgroup2", "/sys/fs/cgroup", "cgroup2", CGROUP_FLAGS, "nsdelegate")
-        enable_controllers("/sys/fs/cgroup")
+        if _mount_own("cgroup2", root, "cgroup2", CGROUP_FLAGS, "nsdelegate"):
+            enable_controllers(root)
         return
     # As Kata: one hierarchy per controller, then the tmpfs holding them goes read-only.
     tmpfs_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    _mount_once("tmpfs", "/sys/fs/cgroup", "tmpfs", tmpfs_flags, "mode=755")
+    if not _mount_own("tmpfs", root, "tmpfs", tmpfs_flags, "mode=755"):
+        return
     available = _v1_controllers()
     if "devices" not in available:
         logger.warning("no devices cgroup controller: cgroups left unmounted")
         return
     for name in CGROUP_V1_CONTROLLERS:
         if name in available:
-            _mount_once("cgroup", f"/sys/fs/cgroup/{name}", "cgroup", CGROUP_FLAGS, name)
+            _mount_once("cgroup", f"{root}/{name}", "cgroup", CGROUP_FLAGS, name)
+    # The tmpfs mounted just above: the agent's own, so its remount changes nothing else.
     try:
-        mount("tmpfs", "/sys/fs/cgroup", None, MS_REMOUNT | MS_RDONLY | tmpfs_flags, "mode=755")
+        mount("tmpfs", root, None, MS_REMOUNT | MS_RDONLY | tmpfs_flags, "mode=755")
     except OSError as exc:
         logger.error("cannot make /sys/fs/cgroup read-only", extra={"error": str(exc)})
+
+
+def _mount_own(source: str, target: str, fstype: str, flags: int, data: str) -> bool:
+    os.makedirs(target, exist_ok=True)
+    try:
+        mount(source, target, fstype, flags, data)
+    except OSError as exc:
+        logger.error("mount failed", extra={"target": target, "error": str(exc)})
+        return False
+    return True
+
+
+def protect_from_oom(adj: int = OOM_SCORE_ADJ, path: str = "/proc/self/oom_score_adj") -> None:
+    """As the image flavour's unit (OOMScoreAdjust=-997): the OOM killer picks containers
+    first, the guest being useless without its agent."""
+    try:
+        with open(path, "w") as f:
+            f.write(str(adj))
+    except OSError as exc:
+        logger.error("cannot set oom_score_adj", extra={"error": str(exc)})
 
 
 def _v1_controllers() -> set[str]:
@@ -255,6 +292,7 @@ def init(cgroup_v2: bool) -> subprocess.Popen[bytes] | None:
     signal.signal(signal.SIGINT, _ignore_sigint)
     mount_base()
     mount_cgroups(cgroup_v2)
+    protect_from_oom()
     with contextlib.suppress(PermissionError):
         os.setsid()
     try:
