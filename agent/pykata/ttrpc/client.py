@@ -21,7 +21,7 @@ from pykata.ttrpc.errors import (
     Unavailable,
     error_for_status,
 )
-from pykata.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameType, FrameWriter
+from pykata.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameType, FrameWriter, Refused
 
 M = TypeVar("M", bound=Message)
 
@@ -46,7 +46,7 @@ class _ClientProtocol(asyncio.Protocol):
             waiter = self.pending.get(stream_id)
             # A missing waiter is a call that already timed out or was cancelled.
             if waiter is not None and not waiter.done():
-                waiter.set_result(payload)
+                waiter.set_result(None if isinstance(payload, Refused) else payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = Unavailable(f"connection closed{f': {exc}' if exc else ''}")

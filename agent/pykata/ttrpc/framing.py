@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from enum import IntEnum, IntFlag
+from enum import Enum, IntEnum, IntFlag
 
 HEADER = struct.Struct(">IIBB")
 HEADER_SIZE = HEADER.size
@@ -28,9 +28,62 @@ class Flag(IntFlag):
     NO_DATA = 4
 
 
-# (stream id, type, flags, payload). The payload is None for a frame over the size limit,
-# whose bytes were discarded. A plain tuple: one is built per message on the hot path.
-Frame = tuple[int, int, int, bytes | None]
+class Refused(Enum):
+    """Why a frame's payload was discarded instead of delivered."""
+
+    OVERSIZED = "over the payload size limit"
+    OVER_BUDGET = "over the receive buffer budget"
+
+
+# (stream id, type, flags, payload). The payload is a Refused for a frame whose bytes were
+# discarded. A plain tuple: one is built per message on the hot path.
+Frame = tuple[int, int, int, bytes | Refused]
+
+# Payloads up to this size are never refused for the budget (see ByteBudget).
+EXEMPT_PAYLOAD = 4 << 10
+
+
+class ByteBudget:
+    """Bytes of frame payload a server may hold at once, shared by all its connections.
+
+    A frame longer than ``exempt`` reserves its whole payload length when its header is
+    parsed, before any of its body is buffered; if the reservation does not fit, the frame
+    is refused (its body discarded as it arrives). Nobody ever waits for the budget, so it
+    cannot deadlock, and small frames (control RPCs) are served even when it is exhausted.
+    Whoever receives a delivered frame longer than ``exempt`` owns its reservation and gives
+    it back with ``release(len(payload))``.
+    """
+
+    def __init__(self, limit: int, exempt: int = EXEMPT_PAYLOAD) -> None:
+        if limit < 0 or exempt < 0:
+            raise ValueError("budget sizes must not be negative")
+        self.limit = limit
+        self.exempt = exempt
+        self.in_use = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.in_use + size > self.limit:
+            return False
+        self.in_use += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_use -= size
+        assert self.in_use >= 0, "budget released more than was reserved"
+
+
+def varint_size(value: int) -> int:
+    """Bytes of ``value`` as a protobuf varint."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def max_field_content(room: int) -> int:
+    """The longest bytes value whose length-delimited protobuf field (one-byte tag, field
+    numbers 1 to 15) fits in ``room`` bytes."""
+    size = room - 2
+    while size > 0 and 1 + varint_size(size) + size > room:
+        size -= 1
+    return max(size, 0)
 
 
 def encode_frame(stream_id: int, frame_type: int, payload: bytes, flags: int = 0) -> bytes:
@@ -41,22 +94,45 @@ def encode_frame(stream_id: int, frame_type: int, payload: bytes, flags: int = 0
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames; oversized payloads are skipped, not buffered."""
+    """Splits a byte stream into frames; oversized payloads are skipped, not buffered, and
+    reported once skipped.
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+    With a ``budget``, a frame over ``budget.exempt`` is delivered only if its payload could
+    be reserved from the budget, else skipped like an oversized one but reported as soon as
+    its header is read (``Refused.OVER_BUDGET``).
+    """
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD, budget: ByteBudget | None = None) -> None:
         self._max = max_payload
+        self._budget = budget
+        # Reserved for the partial frame being buffered; handed over with the frame.
+        self._reserved = 0
         self._buf = bytearray()
         # Bytes the buffered partial frame needs before it is worth parsing again, so a
         # large frame arriving in many chunks is not re-examined (and copied) per chunk.
         self._need = 0
         self._discard = 0
-        self._oversized: Frame | None = None
+        self._skipped: Frame | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete frame held (or still to discard); non-zero at EOF means
         the peer closed mid-frame."""
         return len(self._buf) + self._discard
+
+    @property
+    def held(self) -> int:
+        """Bytes of an incomplete frame held in memory."""
+        return len(self._buf)
+
+    def close(self) -> None:
+        """Drop the partial frame and give back its reservation (the connection is gone)."""
+        self._buf.clear()
+        self._discard = 0
+        self._skipped = None
+        if self._reserved and self._budget is not None:
+            self._budget.release(self._reserved)
+        self._reserved = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
@@ -66,9 +142,9 @@ class FrameDecoder:
                 return frames
             data = data[self._discard :]
             self._discard = 0
-            assert self._oversized is not None
-            frames.append(self._oversized)
-            self._oversized = None
+            if self._skipped is not None:
+                frames.append(self._skipped)
+                self._skipped = None
         buf = self._buf
         if buf:
             buf += data
@@ -76,26 +152,47 @@ class FrameDecoder:
                 return frames
             data = bytes(buf)
             buf.clear()
+            # The frame the buffer held was reserved (if it needed to be) when its header
+            # was parsed: the loop below must not reserve it again.
+            reserved = self._reserved
+            self._reserved = 0
+        else:
+            reserved = 0
         unpack = HEADER.unpack_from
         limit = self._max
+        budget = self._budget
+        exempt = min(budget.exempt, limit) if budget is not None else limit
         pos = 0
         end = len(data)
         while end - pos >= HEADER_SIZE:
             length, stream_id, frame_type, flags = unpack(data, pos)
             start = pos + HEADER_SIZE
             stop = start + length
-            if length > limit:
-                if stop <= end:
-                    frames.append((stream_id, frame_type, flags, None))
-                    pos = stop
-                    continue
-                self._discard = stop - end
-                self._oversized = (stream_id, frame_type, flags, None)
-                return frames
+            if length > exempt and not reserved:
+                refusal = None
+                if length > limit:
+                    refusal = Refused.OVERSIZED
+                elif budget is not None and not budget.reserve(length):
+                    refusal = Refused.OVER_BUDGET
+                if refusal is not None:
+                    if stop <= end:
+                        frames.append((stream_id, frame_type, flags, refusal))
+                        pos = stop
+                        continue
+                    self._discard = stop - end
+                    if refusal is Refused.OVER_BUDGET:
+                        # Answered now: the peer need not send the rest to hear why.
+                        frames.append((stream_id, frame_type, flags, refusal))
+                    else:
+                        self._skipped = (stream_id, frame_type, flags, refusal)
+                    return frames
+                reserved = length
             if stop > end:
                 self._need = stop - pos
+                self._reserved = reserved
                 break
             frames.append((stream_id, frame_type, flags, data[start:stop]))
+            reserved = 0
             pos = stop
         else:
             self._need = HEADER_SIZE

@@ -3,6 +3,11 @@
 Wire behaviour follows containerd's Go ttrpc (1.1): success omits Response.status, an
 unknown service or method answers UNIMPLEMENTED, an even stream id INVALID_ARGUMENT, an
 oversized frame RESOURCE_EXHAUSTED on its stream id, and an undecodable payload INTERNAL.
+
+Memory is bounded where Go's is not (see docs/security.md, "Bounded memory"): request
+payloads held across all connections share one ByteBudget (a frame that does not fit is
+skipped and answered RESOURCE_EXHAUSTED), and each connection has a cap on requests in
+flight (one more is answered RESOURCE_EXHAUSTED; the connection stays up).
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ from google.protobuf.message import DecodeError
 from pykata.protocols import rpc_status_pb2, ttrpc_pb2
 from pykata.ttrpc.addresses import UnixAddress, parse_address
 from pykata.ttrpc.errors import Code, TtrpcError, status_for_exception
-from pykata.ttrpc.framing import MAX_PAYLOAD, FrameDecoder, FrameType, FrameWriter
+from pykata.ttrpc.framing import (
+    MAX_PAYLOAD,
+    ByteBudget,
+    FrameDecoder,
+    FrameType,
+    FrameWriter,
+    Refused,
+    max_field_content,
+)
 from pykata.ttrpc.listening import listening_socket
 from pykata.ttrpc.services import Method, ServiceSet
 
@@ -32,6 +45,14 @@ _REQUEST = FrameType.REQUEST.value
 _RESPONSE = FrameType.RESPONSE.value
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 _parse_request = ttrpc_pb2.Request.FromString
+
+# The longest serialized response message that fits in a frame once wrapped in
+# Response{payload}: a handler that must never be refused as too large sizes its answer
+# with this.
+MAX_RESPONSE_MESSAGE = max_field_content(MAX_PAYLOAD)
+
+DEFAULT_MAX_BUFFERED = 64 << 20
+DEFAULT_MAX_INFLIGHT = 1024
 
 
 if sys.version_info >= (3, 12):
@@ -76,7 +97,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self._server = server
         self._services = server._services.services
-        self._decoder = FrameDecoder()
+        self._budget = server._budget
+        self._max_inflight = server._max_inflight
+        self._decoder = FrameDecoder(budget=server._budget)
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
@@ -96,6 +119,7 @@ class _Connection(asyncio.Protocol):
         self._server._connections.discard(self)
         if self._decoder.buffered:
             log.debug("ttrpc: connection closed in the middle of a frame")
+        self._decoder.close()
         self._transport = None
         for task in self._inflight.values():
             task.cancel()
@@ -117,49 +141,88 @@ class _Connection(asyncio.Protocol):
         return list(self._inflight.values())
 
     def data_received(self, data: bytes) -> None:
-        for stream_id, frame_type, _flags, payload in self._decoder.feed(data):
-            if payload is None:
-                self._send_error(
-                    stream_id,
-                    Code.RESOURCE_EXHAUSTED,
-                    f"message length exceeds maximum message size of {MAX_PAYLOAD}",
-                )
-            elif frame_type == _REQUEST:
-                self._request(stream_id, payload)
-            elif frame_type not in _KNOWN_TYPES:
+        exempt = self._budget.exempt
+        frames = iter(self._decoder.feed(data))
+        for stream_id, frame_type, _flags, payload in frames:
+            if isinstance(payload, Refused):
+                self._refused(stream_id, payload)
+                continue
+            # A frame over the exempt size holds a reservation of its length from the
+            # budget: the request's task gives it back when done, anything else at once.
+            charge = len(payload) if len(payload) > exempt else 0
+            if frame_type == _REQUEST:
+                self._request(stream_id, payload, charge)
+                continue
+            if charge:
+                self._budget.release(charge)
+            if frame_type not in _KNOWN_TYPES:
                 # No ttRPC version defines it: the peer is not speaking ttRPC (or lost sync).
                 log.warning("ttrpc: unknown frame type %d, closing connection", frame_type)
                 self.abort()
+                for _, _, _, dropped in frames:
+                    if not isinstance(dropped, Refused) and len(dropped) > exempt:
+                        self._budget.release(len(dropped))
                 return
             # Responses and stream data are not for a unary server; Go ignores them too.
 
-    def _request(self, stream_id: int, payload: bytes) -> None:
+    def _refused(self, stream_id: int, refusal: Refused) -> None:
+        if refusal is Refused.OVERSIZED:
+            message = f"message length exceeds maximum message size of {MAX_PAYLOAD}"
+        else:
+            message = (
+                f"server busy: request does not fit in the {self._budget.limit} bytes "
+                "the server buffers for all connections; retry later"
+            )
+        self._send_error(stream_id, Code.RESOURCE_EXHAUSTED, message)
+
+    def _request(self, stream_id: int, payload: bytes, charge: int) -> None:
+        task: asyncio.Task[None] | None = None
+        try:
+            task = self._start(stream_id, payload)
+        finally:
+            if charge:
+                budget = self._budget
+                if task is None or task.done():
+                    budget.release(charge)
+                else:
+                    task.add_done_callback(lambda _task: budget.release(charge))
+        if task is not None and not task.done():
+            self._inflight[stream_id] = task
+
+    def _start(self, stream_id: int, payload: bytes) -> asyncio.Task[None] | None:
+        """The task answering the request, or None if it was answered at once."""
         try:
             request = _parse_request(payload)
         except DecodeError as exc:
             self._send_error(stream_id, Code.INVALID_ARGUMENT, f"unmarshal request error: {exc}")
-            return
+            return None
         if not stream_id & 1:
             self._send_error(
                 stream_id,
                 Code.INVALID_ARGUMENT,
                 "StreamID must be odd for client initiated streams",
             )
-            return
+            return None
         if stream_id in self._inflight:
             self._send_error(stream_id, Code.INVALID_ARGUMENT, f"stream {stream_id} is in use")
-            return
+            return None
         methods = self._services.get(request.service)
         method = methods.get(request.method) if methods is not None else None
         if method is None:
             message = self._server._services.unrouted(request.service, request.method)
             self._send_error(stream_id, Code.UNIMPLEMENTED, message)
-            return
-        task = _start_task(
+            return None
+        if len(self._inflight) >= self._max_inflight:
+            self._send_error(
+                stream_id,
+                Code.RESOURCE_EXHAUSTED,
+                f"too many requests in flight on this connection (limit "
+                f"{self._max_inflight}); retry once some have been answered",
+            )
+            return None
+        return _start_task(
             self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
         )
-        if not task.done():
-            self._inflight[stream_id] = task
 
     async def _run(self, stream_id: int, method: Method, payload: bytes, timeout_nano: int) -> None:
         try:
@@ -215,15 +278,37 @@ class _Connection(asyncio.Protocol):
 
 
 class Server:
-    """Serves registered proto services on any number of listening addresses."""
+    """Serves registered proto services on any number of listening addresses.
 
-    def __init__(self) -> None:
+    ``max_buffered_bytes`` bounds the request payloads held at once across all connections,
+    partial frames being received included: a frame over 4 KiB reserves its length when its
+    header arrives and keeps it until its handler is done; one that does not fit is
+    discarded unread and answered RESOURCE_EXHAUSTED (smaller frames are never refused, so
+    control calls keep working). ``max_inflight_per_connection`` bounds each connection's
+    unanswered requests; one more is answered RESOURCE_EXHAUSTED and the connection stays.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED,
+        max_inflight_per_connection: int = DEFAULT_MAX_INFLIGHT,
+    ) -> None:
+        if max_inflight_per_connection < 1:
+            raise ValueError("max_inflight_per_connection must be at least 1")
+        self._budget = ByteBudget(max_buffered_bytes)
+        self._max_inflight = max_inflight_per_connection
         self._services = ServiceSet()
         self._listeners: list[asyncio.Server] = []
         self._socket_paths: list[str] = []
         self._connections: set[_Connection] = set()
         self._closing = False
         self._closed = asyncio.Event()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Request payload bytes reserved from the budget now (held or being received)."""
+        return self._budget.in_use
 
     def register(self, service: ServiceDescriptor, *handlers: object) -> None:
         """Serve service; each RPC goes to the first handler object that has an async

@@ -13,6 +13,7 @@ from pykata.ttrpc.framing import (
     FrameDecoder,
     FrameType,
     FrameWriter,
+    Refused,
     encode_frame,
 )
 
@@ -79,14 +80,14 @@ def test_oversized_payload_is_discarded_and_reported_once_skipped() -> None:
     decoder = FrameDecoder(max_payload=limit)
     assert decoder.feed(oversized + b"x" * 10) == []
     assert decoder.buffered == limit + 1 - 10
-    assert decoder.feed(b"x" * 7 + follow) == [(9, 1, 0, None), (11, 1, 0, b"ok")]
+    assert decoder.feed(b"x" * 7 + follow) == [(9, 1, 0, Refused.OVERSIZED), (11, 1, 0, b"ok")]
     assert decoder.buffered == 0
 
 
 def test_oversized_frame_complete_in_one_chunk() -> None:
     data = (17).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"\x01\x00" + b"y" * 17
     assert FrameDecoder(max_payload=16).feed(data + encode_frame(5, 1, b"")) == [
-        (3, 1, 0, None),
+        (3, 1, 0, Refused.OVERSIZED),
         (5, 1, 0, b""),
     ]
 

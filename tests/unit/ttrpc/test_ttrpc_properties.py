@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 from pykata.protocols import health_pb2, ttrpc_pb2
 from pykata.ttrpc import Server
 from pykata.ttrpc.errors import Code
-from pykata.ttrpc.framing import HEADER, HEADER_SIZE, MAX_PAYLOAD, FrameDecoder, encode_frame
+from pykata.ttrpc.framing import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    FrameDecoder,
+    Refused,
+    encode_frame,
+)
 
 SHARED_SERVER = settings(
     max_examples=150,
@@ -192,7 +199,7 @@ def test_decoder_is_split_invariant(
     out = []
     for start, stop in itertools.pairwise(bounds):
         out += decoder.feed(data[start:stop])
-    expected = [(sid, t, f, p if len(p) <= 200 else None) for sid, t, f, p in frames]
+    expected = [(sid, t, f, p if len(p) <= 200 else Refused.OVERSIZED) for sid, t, f, p in frames]
     assert out == expected
     assert decoder.buffered == 0
     assert MAX_PAYLOAD > 200
