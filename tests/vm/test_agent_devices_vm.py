@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from guest_containers import run_to_exit
 
 from pykata.builder.build import Result
 from pykata.host.ctl.run import HOSTNAME, SHARED_STORAGE
@@ -137,34 +138,7 @@ async def run(
             Allow=True, Type=dev.Type, Major=dev.Major, Minor=dev.Minor, Access="rwm"
         )
     try:
-        await session.agent_empty(
-            "CreateContainer",
-            agent_pb2.CreateContainerRequest(
-                container_id=cid, exec_id=cid, OCI=spec, storages=storages, devices=devices
-            ),
-        )
-        await session.agent_empty(
-            "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
-        )
-        output = b""
-        while True:
-            reply = await session.agent(
-                "ReadStdout",
-                agent_pb2.ReadStreamRequest(container_id=cid, exec_id=cid, len=65536),
-                agent_pb2.ReadStreamResponse,
-            )
-            if not reply.data:
-                break
-            output += reply.data
-        status = await session.agent(
-            "WaitProcess",
-            agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid),
-            agent_pb2.WaitProcessResponse,
-        )
-        await session.agent_empty(
-            "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=cid)
-        )
-        return status.status, output.decode()
+        return await run_to_exit(session, cid, spec, storages=storages, devices=devices)
     finally:
         unshare_rootfs(mount)
 

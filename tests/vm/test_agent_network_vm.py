@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from guest_containers import run_to_exit
 
 from pykata.builder.build import Result
 from pykata.host.ctl.run import HOSTNAME, SHARED_STORAGE
@@ -64,32 +65,7 @@ async def run_container(session: Session, vm: VM, rootfs: Path, script: str) -> 
     root, mount = share_rootfs(target, cid, rootfs)
     spec = build_spec(ProcessOptions(args=["sh", "-c", script]), root, HOSTNAME)
     try:
-        await session.agent_empty(
-            "CreateContainer",
-            agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec),
-        )
-        await session.agent_empty(
-            "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
-        )
-        output = b""
-        while True:
-            reply = await session.agent(
-                "ReadStdout",
-                agent_pb2.ReadStreamRequest(container_id=cid, exec_id=cid, len=65536),
-                agent_pb2.ReadStreamResponse,
-            )
-            if not reply.data:
-                break
-            output += reply.data
-        status = await session.agent(
-            "WaitProcess",
-            agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid),
-            agent_pb2.WaitProcessResponse,
-        )
-        await session.agent_empty(
-            "RemoveContainer", agent_pb2.RemoveContainerRequest(container_id=cid)
-        )
-        return status.status, output.decode(errors="replace")
+        return await run_to_exit(session, cid, spec)
     finally:
         unshare_rootfs(mount)
 
