@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pid1_wrapper import host_cgroup_state, pid1_wrapper
 
 from pykata.protocols import agent_pb2
 
@@ -34,18 +35,14 @@ def agent_address(socket_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def agent_wrapper() -> list[str]:
-    return [
-        "unshare",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount",
-        "--propagation=private",
-        "--net",
-        "--uts",
-        "--ipc",
-    ]
+def host_cgroups_before(cgroup_layout: str) -> tuple[Any, Any]:
+    return host_cgroup_state()
+
+
+@pytest.fixture(scope="module")
+def agent_wrapper(cgroup_layout: str, host_cgroups_before: tuple[Any, Any]) -> list[str]:
+    # Its own cgroup mounts: the host's /sys/fs/cgroup is the whole machine's.
+    return pid1_wrapper(cgroup_layout)
 
 
 @pytest.fixture(scope="module", params=["v2", "v1"])
@@ -143,3 +140,11 @@ async def test_destroy_sandbox_powers_off(
     await agent.DestroySandbox(agent_pb2.DestroySandboxRequest())
     agent_process.wait(timeout=15)
     assert not alive(init_pid)
+
+
+def test_the_hosts_cgroup_tree_is_unchanged(
+    agent_process: subprocess.Popen[bytes], host_cgroups_before: tuple[Any, Any]
+) -> None:
+    """The host's /sys/fs/cgroup: same mounts with the same options, same entries."""
+    agent_process.wait(timeout=15)
+    assert host_cgroup_state() == host_cgroups_before

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pid1_wrapper import host_cgroup_state, pid1_wrapper
 
 from pykata.agent.rpc.convert.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2
@@ -42,18 +43,14 @@ def agent_address(work_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def agent_wrapper() -> list[str]:
-    return [
-        "unshare",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount",
-        "--propagation=private",
-        "--net",
-        "--uts",
-        "--ipc",
-    ]
+def host_cgroups_before() -> tuple[Any, Any]:
+    return host_cgroup_state()
+
+
+@pytest.fixture(scope="module")
+def agent_wrapper(host_cgroups_before: tuple[Any, Any]) -> list[str]:
+    # Its own cgroup mounts: the host's /sys/fs/cgroup is the whole machine's.
+    return pid1_wrapper("v2")
 
 
 @pytest.fixture(scope="module")
