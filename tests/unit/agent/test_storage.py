@@ -12,7 +12,7 @@ from pykata.agent.errors import FailedPrecondition, InvalidArgument
 from pykata.agent.mount import MS_BIND, MS_NOSUID, MS_RDONLY, MS_REC, parse_options
 from pykata.agent.rpc.convert.storages import storage_specs
 from pykata.agent.storage import virtiofs
-from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec
+from pykata.agent.storage.manager import ROOT, FsGroup, StorageManager, StorageSpec
 from pykata.agent.storage.options import option_map
 from pykata.protocols import agent_pb2, types_pb2
 
@@ -177,7 +177,11 @@ def test_a_premounted_kata_shared_fs_of_any_type_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str
 ) -> None:
     monkeypatch.setattr(virtiofs, "fstype_of", lambda path: fstype)
-    monkeypatch.setattr(virtiofs, "mount", lambda *args: pytest.fail("mounted again"))
+    monkeypatch.setattr(virtiofs, "mount_at", lambda *args: pytest.fail("mounted again"))
     spec = StorageSpec("virtio-fs", source="kataShared", mount_point=str(tmp_path / "shared"))
-    attached = virtiofs.attach(spec, None)
+    token = ROOT.set(str(tmp_path))
+    try:
+        attached = virtiofs.attach(spec, None)
+    finally:
+        ROOT.reset(token)
     assert not attached.mounted

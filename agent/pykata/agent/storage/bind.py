@@ -10,21 +10,23 @@ watched tree that outgrows the limits keeps its last copy and is no longer updat
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
-import shutil
 import stat
+from collections.abc import Callable
 
-from pykata.agent import log
-from pykata.agent.mount import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, mount, parse_options
+from pykata.agent import beneath, log
+from pykata.agent.mount import MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, parse_options
 from pykata.agent.storage.manager import (
+    ROOT,
     Attached,
     StorageSpec,
     check_no_symlinks,
+    mount_at,
     prepare_mount_point,
     undone_on_error,
 )
-from pykata.agent.validation import CONTAINER_BASE, validate_under
+from pykata.agent.validation import CONTAINER_BASE
 
 logger = log.get("storage")
 
@@ -36,16 +38,24 @@ WATCH_INTERVAL = 2.0
 Snapshot = dict[str, tuple[int, int, int, str]]
 
 
-def scan(root: str) -> Snapshot:
-    """Every entry below ``root``, without following symlinks."""
+def scan(root: str, limit: int = MAX_ENTRIES + 1) -> Snapshot:
+    """Entries below ``root`` (at most ``limit``: more means too big to copy anyway), without
+    following symlinks, iteratively."""
     entries: Snapshot = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(directory, name)
-            st = os.lstat(path)
-            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
-            kind = stat.S_IFMT(st.st_mode)
-            entries[os.path.relpath(path, root)] = (kind, st.st_mtime_ns, st.st_size, target)
+    pending = [""]
+    while pending and len(entries) < limit:
+        rel_dir = pending.pop()
+        with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as items:
+            for item in items:
+                rel = os.path.join(rel_dir, item.name) if rel_dir else item.name
+                st = item.stat(follow_symlinks=False)
+                kind = stat.S_IFMT(st.st_mode)
+                target = os.readlink(item.path) if kind == stat.S_IFLNK else ""
+                entries[rel] = (kind, st.st_mtime_ns, st.st_size, target)
+                if kind == stat.S_IFDIR:
+                    pending.append(rel)
+                if len(entries) >= limit:
+                    break
     return entries
 
 
@@ -54,35 +64,119 @@ def small(snapshot: Snapshot) -> bool:
     return len(snapshot) <= MAX_ENTRIES and total <= MAX_BYTES
 
 
+DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _lstat(parent: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _clear(parent: int, name: str) -> None:
+    """Remove whatever ``name`` is below ``parent``, a directory tree included (no mounts
+    lie in the copy: it is the storage's own tmpfs)."""
+    st = _lstat(parent, name)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        beneath.remove_tree(parent, name, field="watchable-bind copy", mounts=[])
+    else:
+        os.unlink(name, dir_fd=parent)
+
+
 def sync(source: str, target: str, old: Snapshot, new: Snapshot) -> None:
-    """Make ``target`` (a copy of ``source`` as of ``old``) a copy of it as of ``new``."""
-    for rel in sorted(set(old) - set(new), reverse=True):
-        path = os.path.join(target, rel)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    for rel in sorted(new):
-        if old.get(rel) == new[rel]:
-            continue
-        kind, _, _, link = new[rel]
-        src, dst = os.path.join(source, rel), os.path.join(target, rel)
-        if kind == stat.S_IFDIR:
-            os.makedirs(dst, exist_ok=True)
-            shutil.copystat(src, dst)
-            continue
-        # Replace by rename: a reader never sees half a file, a watcher sees one event.
-        tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.pykata-tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if kind == stat.S_IFLNK:
-            os.symlink(link, tmp)
-        elif kind == stat.S_IFREG:
-            shutil.copy2(src, tmp)
-        else:
-            continue  # devices, fifos, sockets have no place in a config volume
-        os.replace(tmp, dst)
+    """Make ``target`` (a copy of ``source`` as of ``old``) a copy of it as of ``new``.
+
+    Both trees are walked through fds without following symlinks: an entry that became a
+    symlink on either side is never written through, and one whose kind changed (a symlink
+    turned directory, say) is replaced, not followed."""
+    src_root = beneath.open_root(source)
+    dst_root = beneath.open_root(target)
+    try:
+        for rel in sorted(set(old) - set(new), reverse=True):
+            _in_parent(dst_root, rel, _clear)
+        for rel in sorted(new):
+            if old.get(rel) == new[rel]:
+                continue
+            _in_parent(dst_root, rel, functools.partial(_copy, src_root, rel, entry=new[rel]))
+    finally:
+        os.close(src_root)
+        os.close(dst_root)
+
+
+def _in_parent(root: int, rel: str, action: Callable[[int, str], None]) -> None:
+    parts = rel.split("/")
+    try:
+        parent = beneath.open_at(root, parts[:-1], os.O_PATH | os.O_DIRECTORY)
+    except OSError as exc:
+        # The parent changed kind meanwhile (or is gone): the next round sees it again.
+        logger.debug("watched entry skipped", extra={"entry": rel, "error": str(exc)})
+        return
+    try:
+        action(parent, parts[-1])
+    finally:
+        os.close(parent)
+
+
+def _copy(
+    src_root: int, rel: str, parent: int, name: str, entry: tuple[int, int, int, str]
+) -> None:
+    kind, _, _, link = entry
+    existing = _lstat(parent, name)
+    if kind == stat.S_IFDIR:
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            os.unlink(name, dir_fd=parent)
+            existing = None
+        if existing is None:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        src = beneath.open_at(src_root, rel.split("/"), DIR_READ)
+        try:
+            dst = os.open(name, DIR_READ, dir_fd=parent)
+            try:
+                _copy_meta(src, dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        return
+    if kind not in (stat.S_IFLNK, stat.S_IFREG):
+        return  # devices, fifos, sockets have no place in a config volume
+    # Replace by rename: a reader never sees half a file, a watcher sees one event.
+    tmp = f".{name}.pykata-tmp"
+    _clear(parent, tmp)
+    if kind == stat.S_IFLNK:
+        os.symlink(link, tmp, dir_fd=parent)
+    else:
+        src = beneath.open_at(src_root, rel.split("/"), os.O_RDONLY)
+        try:
+            if not stat.S_ISREG(os.fstat(src).st_mode):
+                return
+            dst = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent,
+            )
+            try:
+                while chunk := os.read(src, 65536):
+                    os.write(dst, chunk)
+                _copy_meta(src, dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        _clear(parent, name)
+    os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+
+
+def _copy_meta(src: int, dst: int) -> None:
+    st = os.fstat(src)
+    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 async def watch(source: str, target: str, copied: Snapshot) -> None:
@@ -107,7 +201,7 @@ async def watch(source: str, target: str, copied: Snapshot) -> None:
 
 def _copy_and_watch(source: str, attached: Attached, snapshot: Snapshot) -> None:
     target = attached.mount_point
-    mount("tmpfs", target, "tmpfs", 0, f"size={2 * MAX_BYTES},mode=0755")
+    mount_at(target, "tmpfs", "tmpfs", 0, f"size={2 * MAX_BYTES},mode=0755")
     attached.mounted = True
     sync(source, target, {}, snapshot)
     task = asyncio.get_running_loop().create_task(watch(source, target, snapshot))
@@ -119,31 +213,50 @@ def _copy_and_watch(source: str, attached: Attached, snapshot: Snapshot) -> None
 
 
 def attach(spec: StorageSpec, cid: str | None) -> Attached:
-    source = validate_under(spec.source, CONTAINER_BASE)
-    if not os.path.exists(source):
-        raise ValueError(f"bind source {source} does not exist")
-    check_no_symlinks(source)
+    # Every check first: the source, the options, the part of the mount point that exists.
+    source = beneath.check(spec.source, CONTAINER_BASE, "source")
     flags, _ = parse_options(spec.options)
-    if os.path.isdir(source):
-        created = prepare_mount_point(spec.mount_point)
-        snapshot = scan(source)
-        if small(snapshot):
+    check_no_symlinks(spec.mount_point, missing_ok=True)
+    with beneath.opened(source, CONTAINER_BASE, "source") as source_fd:
+        is_dir = stat.S_ISDIR(os.fstat(source_fd).st_mode)
+        if is_dir:
+            created = prepare_mount_point(spec.mount_point)
+            snapshot = scan(source)
+            if small(snapshot):
+                attached = Attached(spec.mount_point, created=created)
+                # The copy stays writable for the watcher; containers mount it read-only.
+                with undone_on_error(attached):
+                    _copy_and_watch(source, attached, snapshot)
+                return attached
+        else:
+            created = prepare_mount_point(os.path.dirname(spec.mount_point))
             attached = Attached(spec.mount_point, created=created)
-            # The copy stays writable for the watcher; containers mount it read-only.
             with undone_on_error(attached):
-                _copy_and_watch(source, attached, snapshot)
-            return attached
-    else:
-        created = prepare_mount_point(os.path.dirname(spec.mount_point))
-        if not os.path.exists(spec.mount_point):
-            with open(spec.mount_point, "x"):
-                pass
-            created.insert(0, spec.mount_point)
-        check_no_symlinks(spec.mount_point)
-    attached = Attached(spec.mount_point, created=created)
-    with undone_on_error(attached):
-        mount(source, spec.mount_point, None, MS_BIND | MS_REC)
-        attached.mounted = True
-        if flags & MS_RDONLY:
-            mount("none", spec.mount_point, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    return attached
+                _make_file(spec.mount_point, attached)
+        attached = Attached(spec.mount_point, created=created)
+        with undone_on_error(attached):
+            # The source as opened and checked: a symlink swapped in since cannot redirect it.
+            mount_at(spec.mount_point, beneath.fd_path(source_fd), None, MS_BIND | MS_REC)
+            attached.mounted = True
+            if flags & MS_RDONLY:
+                mount_at(spec.mount_point, "none", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        return attached
+
+
+def _make_file(path: str, attached: Attached) -> None:
+    """The file a single-file bind goes on, made below its checked parent if missing."""
+    with beneath.opened(os.path.dirname(path), ROOT.get(), "mount_point", DIR_READ) as parent:
+        name = os.path.basename(path)
+        try:
+            os.close(
+                os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
+                    dir_fd=parent,
+                )
+            )
+            attached.created.insert(0, path)
+        except FileExistsError:
+            pass
+    check_no_symlinks(path)

@@ -14,13 +14,14 @@ import stat
 
 from pykata.agent.device import blockdev
 from pykata.agent.device.registry import Devices
-from pykata.agent.mount import mount, parse_options
 from pykata.agent.storage.manager import (
     Attached,
     StorageSpec,
+    mount_at,
     prepare_mount_point,
     undone_on_error,
 )
+from pykata.agent.storage.options import fs_mount_options
 
 DAX_FILESYSTEMS = ("ext4", "xfs")
 
@@ -30,10 +31,10 @@ def mount_disk(spec: StorageSpec, node: str, extra_options: tuple[str, ...] = ()
         raise ValueError(f"block storage {node} needs an fstype")
     if not stat.S_ISBLK(os.stat(node).st_mode):
         raise ValueError(f"{node} is not a block device")
-    flags, data = parse_options([*spec.options, *extra_options])
+    flags, data = fs_mount_options([*spec.options, *extra_options])
     attached = Attached(spec.mount_point, created=prepare_mount_point(spec.mount_point))
     with undone_on_error(attached):
-        mount(node, spec.mount_point, spec.fstype, flags, data)
+        mount_at(spec.mount_point, node, spec.fstype, flags, data)
         attached.mounted = True
     return attached
 

@@ -6,18 +6,30 @@
 
 from __future__ import annotations
 
-from pykata.agent import log
-from pykata.agent.mount import MS_REMOUNT, mount, parse_options
+import os
+
+from pykata.agent import beneath, log
+from pykata.agent.mount import MS_REMOUNT, mount
 from pykata.agent.storage.manager import (
+    ROOT,
     Attached,
     StorageSpec,
+    check_no_symlinks,
+    mount_at,
     prepare_mount_point,
     undone_on_error,
 )
-from pykata.agent.storage.options import FSGID, option_map, parse_gid, set_fsgid
+from pykata.agent.storage.options import (
+    FSGID,
+    fs_mount_options,
+    option_map,
+    parse_gid,
+    set_fsgid,
+)
 
 logger = log.get("storage")
 
+DIR_READ = os.O_RDONLY | os.O_DIRECTORY
 HUGEPAGES = "/sys/kernel/mm/hugepages"
 
 
@@ -45,7 +57,10 @@ def reserve_hugepages(options: list[str]) -> None:
 
 def remount(spec: StorageSpec) -> None:
     """Apply new options (e.g. ``remount,size=2048M`` after memory hotplug) to a mounted one."""
-    flags, data = parse_options(o for o in spec.options if not o.startswith(FSGID + "="))
+    flags, data = fs_mount_options(
+        (o for o in spec.options if not o.startswith(FSGID + "=")), remount=True
+    )
+    check_no_symlinks(spec.mount_point)
     mount(spec.source or "none", spec.mount_point, None, flags | MS_REMOUNT, data)
 
 
@@ -56,13 +71,16 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
     opts = option_map(spec.options)
     gid = parse_gid(opts[FSGID]) if FSGID in opts else None
     mount_options = [o for o in spec.options if not o.startswith(FSGID + "=")]
+    flags, data = fs_mount_options(mount_options)
+    # The part that exists, before hugepages are reserved or anything is made.
+    check_no_symlinks(spec.mount_point, missing_ok=True)
     if fstype == "hugetlbfs":
         reserve_hugepages(mount_options)
-    flags, data = parse_options(mount_options)
     attached = Attached(spec.mount_point, created=prepare_mount_point(spec.mount_point))
     with undone_on_error(attached):
-        mount(spec.source or fstype, spec.mount_point, fstype, flags, data)
+        mount_at(spec.mount_point, spec.source or fstype, fstype, flags, data)
         attached.mounted = True
         if gid is not None:
-            set_fsgid(spec.mount_point, gid)
+            with beneath.opened(spec.mount_point, ROOT.get(), "mount_point", DIR_READ) as fd:
+                set_fsgid(fd, gid)
     return attached

@@ -9,13 +9,17 @@ from __future__ import annotations
 import os
 import stat
 
+from pykata.agent import beneath
 from pykata.agent.storage.manager import (
+    ROOT,
     Attached,
     StorageSpec,
     prepare_mount_point,
     undone_on_error,
 )
-from pykata.agent.storage.options import FSGID, option_map, parse_gid, set_fsgid
+from pykata.agent.storage.options import FSGID, option_map, parse_gid
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY
 
 
 def attach(spec: StorageSpec, cid: str | None) -> Attached:
@@ -28,11 +32,14 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
     # Only a directory made here is the storage's own (its content goes with it).
     own = bool(created) and created[0] == spec.mount_point
     attached = Attached(spec.mount_point, created=created[1:] if own else created, remove_tree=own)
-    with undone_on_error(attached):
+    with (
+        undone_on_error(attached),
+        beneath.opened(spec.mount_point, ROOT.get(), "mount_point", DIR_FLAGS) as fd,
+    ):
         if gid is not None:
-            os.chown(spec.mount_point, -1, gid)
+            os.fchown(fd, -1, gid)
         if mode is not None:
-            os.chmod(spec.mount_point, mode | (stat.S_ISGID if gid is not None else 0))
+            os.fchmod(fd, mode | (stat.S_ISGID if gid is not None else 0))
         elif gid is not None:
-            set_fsgid(spec.mount_point, gid)
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_ISGID)
     return attached

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import os
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 
-from pykata.agent import log
+from pykata.agent import beneath, log
 from pykata.agent.device.registry import Devices
 from pykata.agent.errors import AgentError, FailedPrecondition, InvalidArgument
-from pykata.agent.mount import mount_points, umount_all
+from pykata.agent.mount import mount, mount_points, umount_all
 from pykata.agent.storage.options import apply_fs_group
 from pykata.agent.validation import CONTAINER_BASE, validate_under
 
@@ -70,32 +71,33 @@ def _normal(path: str) -> str:
     return os.path.normpath(path)
 
 
-def make_dirs(path: str) -> list[str]:
-    """mkdir -p ``path``; returns the directories created, deepest first."""
-    created: list[str] = []
-    current = path
-    while not os.path.isdir(current):
-        created.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    for directory in reversed(created):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o755)
-    return created
+# The tree storages stay in: /run/kata-containers, or the manager's ``base`` (tests) while it
+# runs a driver.
+ROOT: contextvars.ContextVar[str] = contextvars.ContextVar("storage_root", default=CONTAINER_BASE)
 
 
-def check_no_symlinks(path: str) -> None:
-    """Refuse a mount point reached through a symlink (the host can plant links via CopyFile)."""
-    if os.path.realpath(path) != os.path.normpath(path):
-        raise InvalidArgument(f"{path} resolves through a symlink")
+def make_dirs(path: str, field: str = "mount_point") -> list[str]:
+    """mkdir -p ``path`` below /run/kata-containers, no symlink followed, checks first;
+    returns the directories created, deepest first (removed again on failure)."""
+    return beneath.make_dirs(path, ROOT.get(), field)
+
+
+def check_no_symlinks(path: str, field: str = "mount_point", *, missing_ok: bool = False) -> None:
+    """Refuse a path that is not below /run/kata-containers or is reached through a symlink
+    (the host can plant links via CopyFile); with ``missing_ok`` the part that exists."""
+    beneath.check(path, ROOT.get(), field, missing_ok=missing_ok)
 
 
 def prepare_mount_point(path: str) -> list[str]:
-    created = make_dirs(path)
-    check_no_symlinks(path)
-    return created
+    return make_dirs(path)
+
+
+def mount_at(mount_point: str, source: str, fstype: str | None, flags: int, data: str = "") -> None:
+    """mount(2) on ``mount_point`` as opened beneath /run/kata-containers without symlinks:
+    the kernel gets the fd's ``/proc/self/fd`` name, so a symlink swapped in after the checks
+    cannot redirect the mount."""
+    with beneath.opened(mount_point, ROOT.get(), "mount_point") as fd:
+        mount(source, beneath.fd_path(fd), fstype, flags, data)
 
 
 def _is_mount_below(path: str) -> bool:
@@ -197,10 +199,10 @@ class StorageManager:
                 raise
             return done
 
-    @staticmethod
     async def _attach(
-        driver: Driver, spec: StorageSpec, mount_point: str, cid: str | None
+        self, driver: Driver, spec: StorageSpec, mount_point: str, cid: str | None
     ) -> Attached:
+        token = ROOT.set(self._base)
         try:
             result = driver(replace(spec, mount_point=mount_point), cid)
             attached = await result if inspect.isawaitable(result) else result
@@ -219,6 +221,8 @@ class StorageManager:
             raise FailedPrecondition(f"{spec.driver} storage at {mount_point}: {exc}") from exc
         except ValueError as exc:
             raise InvalidArgument(f"{spec.driver} storage at {mount_point}: {exc}") from exc
+        finally:
+            ROOT.reset(token)
 
     def _release(self, mount_point: str) -> None:
         entry = self._entries.get(mount_point)

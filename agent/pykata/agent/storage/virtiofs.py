@@ -7,13 +7,15 @@ import os
 
 from pykata.agent import log
 from pykata.agent.copyfile import SHARED_DIR
-from pykata.agent.mount import fstype_of, mount, mount_points, parse_options
+from pykata.agent.mount import fstype_of, mount_points
 from pykata.agent.storage.manager import (
     Attached,
     StorageSpec,
+    mount_at,
     prepare_mount_point,
     undone_on_error,
 )
+from pykata.agent.storage.options import fs_mount_options
 
 logger = log.get("storage")
 
@@ -28,6 +30,7 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
         raise ValueError("virtio-fs storage needs a tag as source")
     if spec.fstype not in ("", FSTYPE):
         raise ValueError(f"virtio-fs storage with fstype {spec.fstype!r}")
+    flags, data = fs_mount_options(spec.options)
     created = prepare_mount_point(spec.mount_point)
     premounted = fstype_of(spec.mount_point) if spec.source == PREMOUNT_TAG else None
     if premounted is not None:
@@ -36,10 +39,9 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
             extra={"mount_point": spec.mount_point, "fstype": premounted},
         )
         return Attached(spec.mount_point, mounted=False, created=created)
-    flags, data = parse_options(spec.options)
     attached = Attached(spec.mount_point, created=created)
     with undone_on_error(attached):
-        mount(spec.source, spec.mount_point, FSTYPE, flags, data)
+        mount_at(spec.mount_point, spec.source, FSTYPE, flags, data)
         attached.mounted = True
     return attached
 

@@ -6,8 +6,9 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from pykata.agent import beneath
 from pykata.agent.errors import NotFound
-from pykata.agent.validation import validate_under
+from pykata.agent.validation import CONTAINER_BASE
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,17 @@ class VolumeStats:
     inodes: Usage
 
 
-async def volume_stats(path: str) -> VolumeStats:
-    """Usage of the file system holding ``path`` (below /run/kata-containers)."""
-    path = validate_under(path)
+def _statvfs(path: str, root: str) -> os.statvfs_result:
+    with beneath.opened(path, root, "volume_guest_path") as fd:
+        return os.fstatvfs(fd)
+
+
+async def volume_stats(path: str, root: str = CONTAINER_BASE) -> VolumeStats:
+    """Usage of the file system holding ``path`` (below /run/kata-containers, reached
+    without a symlink: a link would answer another file system's figures)."""
     try:
-        st = await asyncio.to_thread(os.statvfs, path)
-    except FileNotFoundError:
+        st = await asyncio.to_thread(_statvfs, path, root)
+    except NotFound:
         raise NotFound(f"volume {path} not found") from None
     return VolumeStats(
         bytes=Usage(total=st.f_blocks * st.f_frsize, available=st.f_bavail * st.f_frsize),
