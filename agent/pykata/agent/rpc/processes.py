@@ -11,6 +11,13 @@ from pykata.agent.rpc.convert.requests import refuse_unhonoured, string_user
 from pykata.agent.sandbox import Sandbox
 from pykata.agent.validation import validate_exec_id, validate_signal
 from pykata.protocols import agent_pb2
+from pykata.ttrpc.framing import max_field_content
+from pykata.ttrpc.server import MAX_RESPONSE_MESSAGE
+
+# The most output one ReadStreamResponse{data} can carry and still fit in a ttRPC response
+# (4 MiB less 10 bytes of envelope). A read asks for no more: bytes taken out of a process's
+# buffer for an answer the server then refused as too large would be lost.
+MAX_READ_DATA = max_field_content(MAX_RESPONSE_MESSAGE)
 
 
 class ProcessHandlers:
@@ -47,14 +54,14 @@ class ProcessHandlers:
         self, request: agent_pb2.ReadStreamRequest
     ) -> agent_pb2.ReadStreamResponse:
         container = self._sandbox.get_container(request.container_id)
-        data = await container.read_stdout(request.exec_id, request.len)
+        data = await container.read_stdout(request.exec_id, min(request.len, MAX_READ_DATA))
         return agent_pb2.ReadStreamResponse(data=data)
 
     async def ReadStderr(
         self, request: agent_pb2.ReadStreamRequest
     ) -> agent_pb2.ReadStreamResponse:
         container = self._sandbox.get_container(request.container_id)
-        data = await container.read_stderr(request.exec_id, request.len)
+        data = await container.read_stderr(request.exec_id, min(request.len, MAX_READ_DATA))
         return agent_pb2.ReadStreamResponse(data=data)
 
     async def WriteStdin(
