@@ -403,3 +403,31 @@ def _delete_content(top: int) -> None:
     finally:
         for fd, _ in stack:
             os.close(fd)
+
+
+# Where the OCI bind mounts Kata runtimes send take their source: the shared dir, the sandbox
+# dir and storages (all below /run/kata-containers), and the guest's /dev/shm.
+BIND_ROOTS = ("/run/kata-containers", "/dev/shm")
+
+
+def is_bind(mount: dict[str, object]) -> bool:
+    options = mount.get("options") or []
+    return mount.get("type") == "bind" or (
+        isinstance(options, list) and any(o in ("bind", "rbind") for o in options)
+    )
+
+
+def check_bind_source(source: str, field: str) -> str:
+    """The normalised ``source`` of an OCI bind mount when it lies below one of
+    ``BIND_ROOTS`` (or is /dev/shm) and no symlink is on the part of it that exists (a
+    storage may still be made there); InvalidArgument naming ``field`` otherwise."""
+    if not isinstance(source, str) or not source.startswith("/"):
+        raise InvalidArgument(f"{field}: bind source {source!r} must be an absolute path")
+    normal = os.path.normpath(source)
+    for root in BIND_ROOTS:
+        if normal == root or normal.startswith(root + "/"):
+            return check(source, root, field, missing_ok=True, allow_root=root != BIND_ROOTS[0])
+    raise InvalidArgument(
+        f"{field}: bind source {source!r} is outside what a container may see of the guest "
+        f"({', '.join(BIND_ROOTS)})"
+    )

@@ -26,8 +26,16 @@ def _validate_id(kind: str, value: str) -> str:
     return value
 
 
+# Container ids name /run/kata-containers/<cid> (the bundle): these are the agent's own folders
+# there (the sandbox's state, the shared dir) or Kata's (guest-pulled images).
+RESERVED_CONTAINER_IDS = frozenset({"sandbox", "shared", "image"})
+
+
 def validate_container_id(cid: str) -> str:
-    return _validate_id("container id", cid)
+    _validate_id("container id", cid)
+    if cid in RESERVED_CONTAINER_IDS:
+        raise InvalidArgument(f"container id {cid!r} is reserved (a folder of the agent's own)")
+    return cid
 
 
 def validate_exec_id(eid: str) -> str:

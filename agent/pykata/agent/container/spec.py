@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pykata.agent import log
+from pykata.agent import beneath, log
 from pykata.agent.cgroups import CONTAINER_ROOT
 from pykata.agent.errors import InvalidArgument
 from pykata.agent.validation import CONTAINER_BASE, validate_under
@@ -174,6 +174,10 @@ def _mount(mount: dict[str, Any]) -> dict[str, Any]:
     if not dest.startswith("/") or ".." in dest.split("/"):
         raise InvalidArgument(f"mount destination {dest!r} must be absolute without '..'")
     source = mount.get("source", "")
+    if beneath.is_bind(mount):
+        # Bind sources: Kata's tree or /dev/shm only, no symlink on the way.
+        field_name = f"mounts[destination={dest}].source"
+        return {**mount, "source": beneath.check_bind_source(source, field_name)}
     # Sources in Kata's tree (shared dir, storages) must not climb out of it.
     if source.startswith(CONTAINER_BASE) or ".." in source.split("/"):
         mount = {**mount, "source": validate_under(source, CONTAINER_BASE)}
