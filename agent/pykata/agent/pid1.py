@@ -189,7 +189,7 @@ def protect_from_oom(adj: int = OOM_SCORE_ADJ, path: str = "/proc/self/oom_score
         with open(path, "w") as f:
             f.write(str(adj))
     except OSError as exc:
-        logger.error("cannot set oom_score_adj", extra={"error": str(exc)})
+        logger.warning("cannot set oom_score_adj", extra={"error": str(exc)})
 
 
 def _v1_controllers() -> set[str]:

@@ -100,6 +100,8 @@ class Sandbox:
         # Containers being created and the cgroup each claimed: a second create of one id,
         # or of one cgroup, is refused meanwhile.
         self._creating: dict[str, str] = {}
+        # Parent cgroups the agent made below /kata (see Container.cgroup_parents).
+        self._cgroup_parents: set[str] = set()
 
     def get_container(self, cid: str) -> Container:
         try:
@@ -224,6 +226,7 @@ class Sandbox:
             self.storages,
             self.config.container_pipe_size,
         )
+        container.cgroup_parents = self._cgroup_parents
         try:
             bundle.create(root)
             resolve_process_user(bundle.rootfs, guest.spec["process"], string_user)

@@ -6,10 +6,12 @@ the agent (not PID 1 here) exits, as the harness expects.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,8 +185,16 @@ async def test_second_create_sandbox_is_refused(agent: Any) -> None:
         await agent.CreateSandbox(agent_pb2.CreateSandboxRequest(hostname="again"))
 
 
-async def test_sandbox_pidns_starts_no_process(agent_process: subprocess.Popen[bytes]) -> None:
+async def test_sandbox_pidns_starts_no_process(
+    agent_process: subprocess.Popen[bytes], agent_log: Path
+) -> None:
     # As in the Rust agent, the first container's pid namespace is the sandbox's: no holder.
+    # The OCI runtime probe the agent starts right after listening runs children meanwhile.
+    for _ in range(200):
+        text = await asyncio.to_thread(agent_log.read_text)
+        if "using OCI runtime" in text or "no usable OCI runtime" in text:
+            break
+        await asyncio.sleep(0.05)
     children = [
         p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == agent_process.pid
     ]

@@ -71,6 +71,9 @@ class Container:
         # Set once the cgroup was checked absent and handed to the runtime to make: only a
         # cgroup the agent created is ever frozen, signalled or removed.
         self.owns_cgroup = False
+        # Parent cgroups the agent made for its containers (the sandbox's record, shared by
+        # its containers): emptied ones are removed with the last container below them.
+        self.cgroup_parents: set[str] = set()
         # Teardown steps already done: a retried destroy continues after them.
         self._torn_down: set[str] = set()
         self._destroy_lock = asyncio.Lock()
@@ -86,6 +89,11 @@ class Container:
                 " a container gets a cgroup of its own, created by the agent"
             )
         self.owns_cgroup = True
+        self.cgroup_parents.update(
+            parent
+            for parent in _parents(self.cgroup.path)
+            if not open_cgroup(parent, self.cgroup.root).directories()
+        )
         self.bundle.write_config(self.spec)
         pid = await self._spawn(
             process,
@@ -356,8 +364,18 @@ class Container:
                 await self._init_tracker
 
     async def _remove_cgroup(self) -> None:
-        if self.owns_cgroup:
-            self.cgroup.remove()
+        if not self.owns_cgroup:
+            return
+        self.cgroup.remove()
+        # Deepest first; one still holding another container's cgroup stays.
+        for parent in reversed(_parents(self.cgroup.path)):
+            if parent not in self.cgroup_parents:
+                break
+            try:
+                open_cgroup(parent, self.cgroup.root).remove()
+            except OSError:
+                break
+            self.cgroup_parents.discard(parent)
 
     async def _remove_bundle(self) -> None:
         self.bundle.remove()
@@ -367,6 +385,12 @@ class Container:
         for mount_point in list(self.storages):
             await self.storage_manager.remove([mount_point])
             self.storages.remove(mount_point)
+
+
+def _parents(path: str) -> list[str]:
+    """The ancestors of a container cgroup path from CONTAINER_ROOT down, itself excluded."""
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _exe(pid: int) -> str | None:
