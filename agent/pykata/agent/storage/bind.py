@@ -10,6 +10,7 @@ watched tree that outgrows the limits keeps its last copy and is no longer updat
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import stat
@@ -117,6 +118,12 @@ def _in_parent(root: int, rel: str, action: Callable[[int, str], None]) -> None:
         return
     try:
         action(parent, parts[-1])
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT, errno.EXDEV):
+            raise
+        # The source entry changed kind since the scan (a file became a symlink, say): it is
+        # not followed; the next round copies what it is now.
+        logger.debug("watched entry skipped", extra={"entry": rel, "error": str(exc)})
     finally:
         os.close(parent)
 

@@ -18,6 +18,7 @@ import stat
 from pykata.agent import beneath
 from pykata.agent.errors import InvalidArgument
 from pykata.agent.storage.manager import (
+    ROOT,
     Attached,
     StorageSpec,
     make_dirs,
@@ -26,7 +27,7 @@ from pykata.agent.storage.manager import (
     undone_on_error,
 )
 from pykata.agent.storage.options import fs_mount_options
-from pykata.agent.validation import CONTAINER_BASE, validate_container_id
+from pykata.agent.validation import validate_container_id
 
 RW_OPTION = "io.katacontainers.fs-opt.overlay-rw"
 CREATE_DIR = "io.katacontainers.volume.overlayfs.create_directory="
@@ -46,12 +47,13 @@ def _layers(data: str) -> list[tuple[str, str]]:
 
 
 def attach(spec: StorageSpec, cid: str | None) -> Attached:
+    root = ROOT.get()  # /run/kata-containers
     options = [o for o in spec.options if o != RW_OPTION]
     to_make: list[tuple[str, str]] = []  # (path, field): made once everything is checked
     if RW_OPTION in spec.options:
         if cid is None:
             raise InvalidArgument("a read-write overlay storage needs a container id")
-        base = os.path.join(CONTAINER_BASE, validate_container_id(cid))
+        base = os.path.join(root, validate_container_id(cid))
         for name in ("upper", "work"):
             to_make.append((os.path.join(base, name), f"options {RW_OPTION}"))
         options += [f"upperdir={base}/upper", f"workdir={base}/work"]
@@ -63,13 +65,13 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
         raise ValueError("overlay storage needs a lowerdir option")
     # Checks, all of them before the first directory is made.
     for path, field in to_make:
-        beneath.check(path, CONTAINER_BASE, field, missing_ok=True)
+        beneath.check(path, root, field, missing_ok=True)
     pending = {os.path.normpath(p) for p, _ in to_make}
     for field, path in _layers(data):
-        normal = beneath.check(path, CONTAINER_BASE, field, missing_ok=True)
+        normal = beneath.check(path, root, field, missing_ok=True)
         if normal not in pending:
-            beneath.check(path, CONTAINER_BASE, field, kind=stat.S_IFDIR)
-    beneath.check(spec.mount_point, CONTAINER_BASE, "mount_point", missing_ok=True)
+            beneath.check(path, root, field, kind=stat.S_IFDIR)
+    beneath.check(spec.mount_point, root, "mount_point", missing_ok=True)
     made: list[str] = []
     try:
         for path, field in to_make:
