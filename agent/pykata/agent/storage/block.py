@@ -27,11 +27,11 @@ DAX_FILESYSTEMS = ("ext4", "xfs")
 
 
 def mount_disk(spec: StorageSpec, node: str, extra_options: tuple[str, ...] = ()) -> Attached:
+    flags, data = fs_mount_options([*spec.options, *extra_options])
     if not spec.fstype:
         raise ValueError(f"block storage {node} needs an fstype")
     if not stat.S_ISBLK(os.stat(node).st_mode):
         raise ValueError(f"{node} is not a block device")
-    flags, data = fs_mount_options([*spec.options, *extra_options])
     attached = Attached(spec.mount_point, created=prepare_mount_point(spec.mount_point))
     with undone_on_error(attached):
         mount_at(spec.mount_point, node, spec.fstype, flags, data)

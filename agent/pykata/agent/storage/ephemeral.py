@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from pykata.agent import beneath, log
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.mount import MS_REMOUNT, mount
 from pykata.agent.storage.manager import (
     ROOT,
@@ -57,9 +58,12 @@ def reserve_hugepages(options: list[str]) -> None:
 
 def remount(spec: StorageSpec) -> None:
     """Apply new options (e.g. ``remount,size=2048M`` after memory hotplug) to a mounted one."""
-    flags, data = fs_mount_options(
-        (o for o in spec.options if not o.startswith(FSGID + "=")), remount=True
-    )
+    try:
+        flags, data = fs_mount_options(
+            (o for o in spec.options if not o.startswith(FSGID + "=")), remount=True
+        )
+    except ValueError as exc:
+        raise InvalidArgument(f"ephemeral storage at {spec.mount_point}: {exc}") from None
     check_no_symlinks(spec.mount_point)
     mount(spec.source or "none", spec.mount_point, None, flags | MS_REMOUNT, data)
 
