@@ -45,12 +45,12 @@ fmt: setup
     ruff format agent host rootfs-builder tests protocols
     ruff check --fix agent host rootfs-builder tests protocols
 
-# Every test tier (lint, our guest kernel when not cached, unit, integration, vm, kata), with
-# stage timings and one summary line. The kata tier needs KATA_SHIM (see README).
+# Every test tier (lint, our guest kernel when not cached, unit, integration, security, vm,
+# kata), with stage timings and one summary line. The kata tier needs KATA_SHIM (see README).
 test: setup
-    {{python}} tests/run_tiers.py lint kernel unit integration vm kata
+    {{python}} tests/run_tiers.py lint kernel unit integration security vm kata
 
-# One tier only: unit, integration, vm or kata (extra arguments go to pytest).
+# One tier only: unit, integration, security, vm or kata (extra arguments go to pytest).
 test-tier tier *args: setup
     {{python}} tests/run_tiers.py {{tier}} -- {{args}}
 

@@ -2,7 +2,8 @@
 
 Usage: run_tiers.py STAGE... [-- PYTEST_ARGS...]
 Stages: lint, kernel (build our guest kernel unless the cache holds it built from the
-current kernel-config/; the VM tier boots it), unit, integration, vm.
+current kernel-config/; the VM tier boots it), unit, integration, security (adversarial
+requests against the real agent, tests/security), vm.
 
 Every stage runs even when an earlier one failed, so one CI run shows all breakage.
 The last line is ``tests: N passed, N failed, N skipped`` over all pytest stages.
