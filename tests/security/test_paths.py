@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ SHARED = f"{BASE}/shared/containers"
 RUN = f"pykata-sec-{secrets.token_hex(3)}"
 MINE = f"{SHARED}/{RUN}"  # this run's corner of the shared dir
 SANDBOX_STORAGE = f"{BASE}/sandbox/{RUN}"
-SENTINEL = Path(tempfile.mkdtemp(prefix=f"{RUN}-sentinel-", dir="/var/tmp"))
+SENTINEL = Path(f"/var/tmp/{RUN}-sentinel")  # made by the fixture below
 REFUSED = (InvalidArgument, NotFound, FailedPrecondition, PermissionDenied)
 WATCHED = ("/", "/etc", "/tmp", "/var/tmp")
 
@@ -89,15 +88,18 @@ def strays() -> list[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def sentinel() -> Iterator[dict[str, tuple[int, int, bytes | str]]]:
+    SENTINEL.mkdir(mode=0o700)
     (SENTINEL / "victim").write_text("sentinel file")
     (SENTINEL / "dir").mkdir()
     (SENTINEL / "dir" / "inner").write_text("sentinel inner")
     os.chmod(SENTINEL, 0o750)
     before = snapshot(SENTINEL)
-    yield before
-    shutil.rmtree(SENTINEL, ignore_errors=True)
-    shutil.rmtree(MINE, ignore_errors=True)
-    shutil.rmtree(SANDBOX_STORAGE, ignore_errors=True)
+    try:
+        yield before
+    finally:
+        shutil.rmtree(SENTINEL, ignore_errors=True)
+        shutil.rmtree(MINE, ignore_errors=True)
+        shutil.rmtree(SANDBOX_STORAGE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.root
 BASE = "/run/kata-containers"
 RUN = f"pykata-conf-{secrets.token_hex(3)}"
 MINE = f"{BASE}/shared/containers/{RUN}"
-OUTSIDE = Path(tempfile.mkdtemp(prefix=f"{RUN}-outside-", dir="/var/tmp"))
+OUTSIDE = Path(f"/var/tmp/{RUN}-outside")  # made by the fixture below
 WATCHED = f"{MINE}/configmap"
 WATCH_POINT = f"{MINE}/watchable"
 
@@ -65,11 +64,14 @@ def copy_req(path: str, data: bytes = b"x", *, kind: int = stat.S_IFREG, size: i
 
 @pytest.fixture(scope="module", autouse=True)
 def outside() -> Iterator[None]:
+    OUTSIDE.mkdir(mode=0o700)
     (OUTSIDE / "victim").write_text("outside")
     yield
-    assert listing(OUTSIDE) == ["victim"] and (OUTSIDE / "victim").read_text() == "outside"
-    shutil.rmtree(OUTSIDE, ignore_errors=True)
-    shutil.rmtree(MINE, ignore_errors=True)
+    try:
+        assert listing(OUTSIDE) == ["victim"] and (OUTSIDE / "victim").read_text() == "outside"
+    finally:
+        shutil.rmtree(OUTSIDE, ignore_errors=True)
+        shutil.rmtree(MINE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
