@@ -16,7 +16,7 @@ from pykata.agent.container.spec import rewrite_spec
 from pykata.agent.copyfile import copy_file
 from pykata.agent.errors import FailedPrecondition, InvalidArgument, NotFound
 from pykata.agent.storage import bind
-from pykata.agent.storage.manager import StorageManager, StorageSpec
+from pykata.agent.storage.manager import FsGroup, StorageManager, StorageSpec
 from pykata.agent.storage.volumes import volume_stats
 from pykata.agent.validation import validate_container_id
 
@@ -349,3 +349,21 @@ def test_copyfile_symlink_replaces_a_symlink_atomically(tmp_path: Path, resolver
         )
         assert os.readlink(tmp_path / "..data") == target.decode()
     assert sorted(os.listdir(tmp_path)) == ["..data"]
+
+
+async def test_fs_group_does_not_follow_links_out_of_a_shared_volume(
+    tree: tuple[Path, Path],
+) -> None:
+    base, outside = tree
+    volume = base / "vol"
+    (volume / "sub").mkdir(parents=True)
+    (volume / "sub" / "to-victim").symlink_to(outside / "victim")
+    (volume / "to-outside").symlink_to(outside)
+    before = (outside / "victim").stat()
+    spec = StorageSpec(driver="local", mount_point=str(volume), fs_group=FsGroup(gid=4242))
+    await StorageManager(base=str(base)).add([spec])
+    assert (volume / "sub").stat().st_gid == 4242
+    assert (volume / "sub" / "to-victim").lstat().st_gid == 4242
+    after = (outside / "victim").stat()
+    assert (after.st_gid, after.st_mode) == (before.st_gid, before.st_mode)
+    assert outside.stat().st_gid != 4242

@@ -67,22 +67,63 @@ def set_fsgid(fd: int, gid: int) -> None:
 
 
 def apply_fs_group(root: str, gid: int, *, read_only: bool, on_root_mismatch: bool) -> None:
-    """Give group ``gid`` the whole tree below ``root`` (symlinks are not followed)."""
+    """Give group ``gid`` the whole tree below ``root``.
+
+    The tree may be host-writable (a shared volume): it is walked through fds, iteratively,
+    never following a symlink (links are group-owned themselves, with no change of mode) and
+    never crossing into another mount; each entry is changed through an O_PATH fd of what
+    was looked at, so an entry swapped for a link meanwhile is not followed either."""
     mask = RO_MASK if read_only else RW_MASK
-    st = os.lstat(root)
-    if on_root_mismatch and st.st_gid == gid and st.st_mode & mask == mask:
-        return
-    _group_own(root, gid, mask)
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            _group_own(os.path.join(directory, name), gid, mask)
+    top = os.open(root, DIR_READ)
+    try:
+        st = os.fstat(top)
+        if on_root_mismatch and st.st_gid == gid and st.st_mode & mask == mask:
+            return
+        _own_fd(top, gid, mask)
+        stack = [os.dup(top)]
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(directory) as entries:
+                    names = [entry.name for entry in entries]
+                for name in names:
+                    child = _group_own(directory, name, gid, mask, st.st_dev)
+                    if child is not None:
+                        stack.append(child)
+            finally:
+                os.close(directory)
+    finally:
+        os.close(top)
 
 
-def _group_own(path: str, gid: int, mask: int) -> None:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        os.lchown(path, -1, gid)
-        return
+DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _own_fd(fd: int, gid: int, mask: int) -> None:
+    """chown/chmod what the O_PATH (or ordinary) ``fd`` is, through its /proc name."""
+    st = os.fstat(fd)
+    path = f"/proc/self/fd/{fd}"
     os.chown(path, -1, gid)
     extra = EXEC_MASK | stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0
     os.chmod(path, stat.S_IMODE(st.st_mode) | mask | extra)
+
+
+def _group_own(parent: int, name: str, gid: int, mask: int, dev: int) -> int | None:
+    """Group-own ``name``; an fd to walk into when it is a directory of the same mount."""
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            os.chown(name, -1, gid, dir_fd=parent, follow_symlinks=False)
+            return None
+        if st.st_dev != dev:
+            return None  # another mount below the storage: not its content
+        _own_fd(fd, gid, mask)
+        if stat.S_ISDIR(st.st_mode):
+            return os.open(name, DIR_READ, dir_fd=parent)
+        return None
+    finally:
+        os.close(fd)
