@@ -367,3 +367,18 @@ async def test_fs_group_does_not_follow_links_out_of_a_shared_volume(
     after = (outside / "victim").stat()
     assert (after.st_gid, after.st_mode) == (before.st_gid, before.st_mode)
     assert outside.stat().st_gid != 4242
+
+
+async def test_local_storage_with_a_deep_tree_is_removed_whole(tmp_path: Path) -> None:
+    manager = StorageManager(base=str(tmp_path))
+    volume = tmp_path / "local" / "vol"
+    await manager.add([StorageSpec(driver="local", mount_point=str(volume))])
+    current = os.open(volume, os.O_RDONLY)
+    for _ in range(1500):  # what a container may leave in its emptyDir
+        os.mkdir("d", dir_fd=current)
+        nxt = os.open("d", os.O_RDONLY, dir_fd=current)
+        os.close(current)
+        current = nxt
+    os.close(current)
+    await manager.remove([str(volume)])
+    assert not (tmp_path / "local").exists()

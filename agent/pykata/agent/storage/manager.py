@@ -12,7 +12,6 @@ import contextlib
 import contextvars
 import inspect
 import os
-import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -116,6 +115,27 @@ def undone_on_error(attached: Attached) -> Iterator[Attached]:
         raise
 
 
+def _remove_tree(path: str) -> None:
+    """A local storage's directory and content (containers may have made it any depth)."""
+    try:
+        parent = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        beneath.remove_tree(
+            parent,
+            os.path.basename(path),
+            field="mount_point",
+            mounts=[point for point, _ in mount_points()],
+        )
+    except (OSError, FailedPrecondition) as exc:
+        logger.warning(
+            "storage directory not removed", extra={"mount_point": path, "error": str(exc)}
+        )
+    finally:
+        os.close(parent)
+
+
 def detach(attached: Attached) -> None:
     """Undo what a driver did: unmount, then remove what was created (never across mounts)."""
     path = attached.mount_point
@@ -129,7 +149,7 @@ def detach(attached: Attached) -> None:
                 "storage directory still has mounts below it, kept", extra={"mount_point": path}
             )
             return
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_tree(path)
     for path in attached.created:
         try:
             if os.path.isdir(path):
