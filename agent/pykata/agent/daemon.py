@@ -73,6 +73,7 @@ async def serve(config: AgentConfig) -> None:
     if sandbox.destroyed.is_set():
         await asyncio.sleep(REPLY_GRACE)
     await ttrpc_server.close()
+    await sandbox.settle_runtime_probe()
     if not sandbox.destroyed.is_set():
         logger.info("signalled: cleaning the sandbox up before exit")
         await sandbox.destroy()

@@ -46,6 +46,8 @@ SANDBOX_DIR = f"{CONTAINER_BASE}/sandbox"
 RESOLV_CONF = f"{SANDBOX_DIR}/resolv.conf"
 GUEST_RESOLV_CONF = "/etc/resolv.conf"
 MAX_HOSTNAME = 64
+# Bound on waiting at exit for a runtime probe still in progress.
+PROBE_SETTLE_TIMEOUT = 10.0
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -115,6 +117,14 @@ class Sandbox:
         if self._runtime_probe is None:
             self._runtime_probe = asyncio.ensure_future(detect(self.reaper))
             self._runtime_probe.add_done_callback(_log_probe_failure)
+
+    async def settle_runtime_probe(self) -> None:
+        """Let a probe still running finish (it deletes its container and cgroup) before
+        the agent exits."""
+        probe = self._runtime_probe
+        if probe is not None and not probe.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(probe), PROBE_SETTLE_TIMEOUT)
 
     async def _oci_runtime(self) -> OciRuntime:
         """The OCI runtime the start-up probe found (probed now if it was never started)."""

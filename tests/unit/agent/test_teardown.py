@@ -172,3 +172,20 @@ async def test_a_dropped_client_does_not_break_the_runtime_probe(
     runtime: object = await sandbox._oci_runtime()
     assert runtime == "crun"
     assert calls == [1]
+
+
+async def test_the_agent_exiting_during_the_probe_waits_for_its_cleanup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    finished = []
+
+    async def detect(reaper: Reaper) -> str:
+        await asyncio.sleep(0.1)
+        finished.append(1)  # the probe container deleted
+        return "crun"
+
+    monkeypatch.setattr("pykata.agent.sandbox.detect", detect)
+    sandbox = Sandbox(AgentConfig(), Reaper())
+    sandbox.start_runtime_probe()
+    await sandbox.settle_runtime_probe()
+    assert finished == [1]
