@@ -464,6 +464,11 @@ SANDBOX_ATTACKS = [
         lambda: copy(copy_req(f"{MINE}/victim-dir", b"/etc", kind=stat.S_IFLNK)),
         (FailedPrecondition,),
     ),
+    Attack(
+        "copyfile-into-a-storage-mounted-below-the-shared-dir",
+        lambda: copy(copy_req(f"{MINE}/victim-dir/mnt/keep", b"overwritten")),
+        match="another mount",
+    ),
     Attack("volume-stats-through-planted-symlink", lambda: stats(f"{MINE}/to-sentinel")),
     Attack("volume-stats-of-etc-through-symlink", lambda: stats(f"{MINE}/to-etc")),
     Attack("volume-stats-outside", lambda: stats("/etc")),

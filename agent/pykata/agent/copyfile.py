@@ -6,7 +6,8 @@ a symlink planted earlier (CopyFile may create symlinks) can lead a write outsid
 the root: here a symlink in the middle of a target path is refused.
 
 Regular files may arrive in chunks (``offset``); they are written to ``<name>.tmp`` and
-renamed into place once ``file_size`` bytes are there; the existing file stays readable until
+renamed into place once ``file_size`` bytes are there (never into a file system mounted
+below the shared dir); the existing file stays readable until
 then. Symlinks are made aside and renamed into place too. A directory replaced by a file or a
 symlink is deleted first, through fds and without recursion, and only when no mount lies
 anywhere below it (FAILED_PRECONDITION otherwise, nothing deleted).
@@ -103,8 +104,13 @@ def copy_file(
         raise InvalidArgument(f"{FIELD}: the last name in {path!r} is too long")
     fds = [beneath.open_root(root, create=True)]
     try:
+        dev = os.fstat(fds[0]).st_dev
         for name in parts[:-1]:
             fds.append(_open_dir(fds[-1], name, dir_mode & DIR_MASK))
+            if os.fstat(fds[-1]).st_dev != dev:
+                # As RESOLVE_NO_XDEV: a storage or a container root mounted below the shared
+                # dir is not CopyFile's to write into.
+                raise InvalidArgument(f"{FIELD}: {path!r} crosses into another mount")
         parent, name = fds[-1], parts[-1]
         if len(fds) > 1:
             _chown(parent, uid, gid)
