@@ -52,19 +52,31 @@ class MachineSpec:
     hotplug_ports: int = 0  # empty PCIe root ports hp0, hp1, ... at slots 0x10, 0x11, ...
     scsi: bool = False  # a virtio-scsi controller (id scsi0) to hot-plug scsi-hd disks on
     nic: TapNic | None = None
+    # A file shown to the guest as a persistent memory device (ACPI NFIT, /dev/pmem0); its
+    # size is nvdimm_size bytes (the file's, a multiple of 2 MiB).
+    nvdimm: Path | None = None
+    nvdimm_size: int = 0
 
 
 HOTPLUG_PORT_SLOT = 0x10
+NVDIMM_ALIGN = 2 << 20
 
 
 def command(spec: MachineSpec) -> list[str]:
     # Guest RAM must be a shared memfd: vhost-user back-ends map it into their process.
     mem = f"memory-backend-memfd,id=mem,size={spec.memory_mib}M,share=on"
     cpu = "host" if spec.accel == "kvm" else "max"
+    machine = f"q35,accel={spec.accel},memory-backend=mem"
+    memory = f"{spec.memory_mib}M"
+    if spec.nvdimm is not None:
+        # An NVDIMM sits in a memory device slot above the RAM: room for it in maxmem.
+        machine += ",nvdimm=on"
+        extra_mib = -(-spec.nvdimm_size // (1 << 20))
+        memory += f",slots=2,maxmem={spec.memory_mib + extra_mib}M"
     cmd = [
         QEMU_BINARY, "-name", spec.name,
-        "-machine", f"q35,accel={spec.accel},memory-backend=mem",
-        "-cpu", cpu, "-smp", str(spec.cpus), "-m", f"{spec.memory_mib}M",
+        "-machine", machine,
+        "-cpu", cpu, "-smp", str(spec.cpus), "-m", memory,
         "-object", mem,
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
         "-chardev", f"file,id=console,path={spec.console_log}", "-serial", "chardev:console",
@@ -93,6 +105,13 @@ def command(spec: MachineSpec) -> list[str]:
         ]
     if spec.scsi:
         cmd += ["-device", "virtio-scsi-pci,id=scsi0"]
+    if spec.nvdimm is not None:
+        cmd += [
+            "-object",
+            f"memory-backend-file,id=nvmem0,share=on,mem-path={spec.nvdimm},"
+            f"size={spec.nvdimm_size}",
+            "-device", "nvdimm,id=nv0,memdev=nvmem0",
+        ]  # fmt: skip
     if spec.nic is not None:
         nic = spec.nic
         cmd += [

@@ -107,13 +107,15 @@ class VM:
         hotplug_ports: int = 0,
         scsi: bool = False,
         nic: Nic | None = None,
+        nvdimm: Path | None = None,
     ) -> None:
         """``accel`` None probes KVM and falls back to TCG; ``detach`` lets the processes
         outlive this one (``kata-agent-ctl vm up``); ``vsock_connect_timeout`` is our vsock
         back-end's ``--connect-timeout`` (None: its default); ``hotplug_ports`` empty PCIe
         root ports (``hp0`` at slot 0x10, ...) and ``scsi`` a virtio-scsi controller
         (``scsi0``) give :meth:`qmp` somewhere to hot-plug disks; ``nic`` a virtio-net NIC
-        on a TAP in another network namespace (see :class:`Nic`)."""
+        on a TAP in another network namespace (see :class:`Nic`); ``nvdimm`` a file (its size
+        a multiple of 2 MiB) the guest sees as persistent memory, ``/dev/pmem0``."""
         self.kernel = Path(kernel)
         self.initrd = Path(initrd)
         self.shared_dir = Path(shared_dir) if shared_dir is not None else None
@@ -132,6 +134,7 @@ class VM:
         self.hotplug_ports = hotplug_ports
         self.scsi = scsi
         self.nic = nic
+        self.nvdimm = Path(nvdimm) if nvdimm is not None else None
         self.kernel_vsock = VHOST_VSOCK_DEVICE.exists()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[BinaryIO] = []
@@ -179,6 +182,7 @@ class VM:
         remove_sockets(self.workdir)
         self.console_log.unlink(missing_ok=True)
         try:
+            nvdimm_size = self._nvdimm_size()
             nic_namespace = self._nic_namespace() if self.nic is not None else None
             if self.accel is None:
                 self.accel = "kvm" if await asyncio.to_thread(kvm_works, self.kernel) else "tcg"
@@ -203,6 +207,8 @@ class VM:
                 hotplug_ports=self.hotplug_ports,
                 scsi=self.scsi,
                 nic=qemu.TapNic(self.nic.tap, self.nic.mac) if self.nic else None,
+                nvdimm=self.nvdimm.resolve() if self.nvdimm else None,
+                nvdimm_size=nvdimm_size,
             )
             cmd = qemu.command(spec)
             if nic_namespace is not None:
@@ -214,6 +220,14 @@ class VM:
         except BaseException:
             await self.stop()
             raise
+
+    def _nvdimm_size(self) -> int:
+        if self.nvdimm is None:
+            return 0
+        size = self.nvdimm.stat().st_size
+        if size == 0 or size % qemu.NVDIMM_ALIGN:
+            raise VMError(f"nvdimm {self.nvdimm}: size {size} is not a multiple of 2 MiB")
+        return size
 
     def _nic_namespace(self) -> Path:
         """The NIC's network namespace, after making sure it is not this host's."""
