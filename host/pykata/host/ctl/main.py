@@ -27,6 +27,7 @@ from pykata.host.ctl.run import ProcessRequest, exec_process, run_container
 from pykata.host.ctl.session import open_session
 from pykata.host.ctl.state import StateFile
 from pykata.host.ctl.target import Target, address_target, vm_target
+from pykata.host.ctl.volume import Volume, parse_volume
 from pykata.ttrpc.addresses import parse_address
 from pykata.ttrpc.errors import TtrpcError
 
@@ -37,6 +38,7 @@ EXAMPLES = """examples:
       -c 'StatsContainer json://{"container_id": "c1"}'
   kata-agent-ctl vm up demo     # boots build/vmlinuz + build/kata-initrd.img
   kata-agent-ctl run --vm demo ./rootfs -- sh -c 'echo hi; exit 3'
+  kata-agent-ctl run --vm demo --volume data.img:/data ./rootfs -- ls /data
   kata-agent-ctl exec --vm demo --tty CONTAINER_ID -- sh
   kata-agent-ctl logs --vm demo -f
 """
@@ -48,6 +50,13 @@ def address(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def volume(text: str) -> Volume:
+    try:
+        return parse_volume(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def directory(text: str) -> Path:
@@ -106,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         "run", parents=[target, process], help="run a container on a host folder"
     )
     cmd.add_argument("--id", dest="container_id", help="container id (default: random)")
+    cmd.add_argument(
+        "-v",
+        "--volume",
+        dest="volumes",
+        action="append",
+        default=[],
+        type=volume,
+        metavar="IMAGE:/path[:ro]",
+        help="a raw ext4/xfs image hot-plugged into the VM (needs --vm and `vm up "
+        "--hotplug-ports`) and mounted at /path; repeatable",
+    )
     cmd.add_argument("rootfs", type=directory, help="host folder to use as the container's root")
     cmd = commands.add_parser(
         "exec", parents=[target, process], help="run a process in a running container"
@@ -187,6 +207,7 @@ async def run_verb(args: argparse.Namespace, target: Target) -> int:
                 args.rootfs,
                 process_request(args),
                 args.container_id,
+                args.volumes,
             )
         if args.verb == "exec":
             return await exec_process(session, args.container_id, process_request(args))

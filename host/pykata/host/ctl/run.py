@@ -7,6 +7,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pykata.host.ctl.state import ContainerRecord, StateFile
 from pykata.host.ctl.stdio import ProcessIO
 from pykata.host.ctl.target import GUEST_SHARED_DIR, Target
 from pykata.host.ctl.tty import terminal_size
+from pykata.host.ctl.volume import Volume, VolumeError, Volumes, usage_check
 from pykata.protocols import agent_pb2
 from pykata.ttrpc.errors import AlreadyExists, NotFound, TtrpcError
 
@@ -85,8 +87,10 @@ async def run_container(
     rootfs: Path,
     process: ProcessRequest,
     container_id: str | None,
+    volumes: Sequence[Volume] = (),
 ) -> int:
     cid = container_id or new_id()
+    usage_check(list(volumes), target.qmp_socket)
     await ensure_sandbox(session, target, state_file)
     with state_file.update() as state:
         if cid in state.containers:
@@ -101,11 +105,21 @@ async def run_container(
             mount=str(mount),
         )
     created = False
+    # Hot-plugged disks (`--volume`): unplugged once the container is gone.
+    disks = Volumes(target.qmp_socket, cid) if volumes and target.qmp_socket else None
     try:
         spec = build_spec(process.options(), root_path, HOSTNAME)
+        if disks is not None:
+            await disks.attach(list(volumes))
+            spec.Mounts.extend(item.mount for item in disks.attached)
         await session.agent_empty(
             "CreateContainer",
-            agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec),
+            agent_pb2.CreateContainerRequest(
+                container_id=cid,
+                exec_id=cid,
+                OCI=spec,
+                storages=[item.storage for item in disks.attached] if disks else [],
+            ),
         )
         created = True
         await session.agent_empty(
@@ -123,8 +137,16 @@ async def run_container(
                 await remove_container(session, state_file, cid)
             else:
                 forget_container(state_file, cid)
+        with contextlib.suppress(VolumeError):
+            if disks is not None:
+                await disks.detach()
         raise
     await remove_container(session, state_file, cid)
+    if disks is not None:
+        try:
+            await disks.detach()
+        except VolumeError as exc:
+            raise VolumeError(f"container exited with {code}, then unplugging: {exc}") from None
     return code
 
 

@@ -24,6 +24,7 @@ class Target:
     virtio_fs: bool = False  # the sandbox must mount the kataShared virtio-fs storage
     console_log: Path | None = None
     net: GuestNet | None = None  # the VM's NIC, configured when the sandbox is created
+    qmp_socket: Path | None = None  # the VM's QEMU monitor: `run --volume` hot-plugs disks
 
 
 def address_target(address: str) -> Target:
@@ -50,4 +51,5 @@ def vm_target(name: str) -> Target:
         net=GuestNet(mac=vm.net["mac"], address=vm.net["address"], gateway=vm.net["gateway"])
         if vm.net
         else None,
+        qmp_socket=Path(vm.workdir) / "qmp.sock",
     )

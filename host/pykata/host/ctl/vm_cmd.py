@@ -6,7 +6,8 @@ in ``${XDG_RUNTIME_DIR:-/run}/pykata/vms/<name>/vm.json`` for ``--vm NAME`` else
 ``--net CIDR`` adds a virtio-net NIC: its tap lives in a network namespace of the VM's own
 (a holder process, recorded as pid ``netns``, killed by ``vm down``) with the CIDR's first
 address; ``run --vm NAME`` gives the guest's NIC the CIDR's address and a default route via
-the tap end before its first container.
+the tap end before its first container. ``--hotplug-ports N`` adds N empty PCIe root ports
+(recorded in the state file) on which ``run --volume`` hot-plugs disk images.
 Exit codes: 0 ok (status: running), 1 status: not (fully) running, 2 usage (unknown VM,
 missing files, already running), 3 the VM failed to come up.
 """
@@ -38,6 +39,19 @@ def guest_cidr(text: str) -> str:
     return text
 
 
+MAX_HOTPLUG_PORTS = 16  # slots 0x10-0x1f
+
+
+def port_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= count <= MAX_HOTPLUG_PORTS:
+        raise argparse.ArgumentTypeError(f"between 0 and {MAX_HOTPLUG_PORTS}")
+    return count
+
+
 def add_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
@@ -66,6 +80,13 @@ def add_parser(
         metavar="CIDR",
         help="a virtio-net NIC with this guest address (e.g. 10.99.0.2/24) on a tap in a "
         "network namespace of the VM's own, the tap at the network's first address",
+    )
+    up.add_argument(
+        "--hotplug-ports",
+        type=port_count,
+        default=0,
+        metavar="N",
+        help="N empty PCIe root ports for disks hot-plugged later (`run --volume`), one each",
     )
     up.add_argument(
         "--wait-port",
@@ -142,6 +163,7 @@ async def up(args: argparse.Namespace) -> int:
         accel=None if args.accel == "auto" else args.accel,
         detach=True,
         nic=nic,
+        hotplug_ports=args.hotplug_ports,
     )
     try:
         await vm.start()
@@ -154,6 +176,7 @@ async def up(args: argparse.Namespace) -> int:
             accel=vm.accel or "tcg",
             pids={**vm.pids, "netns": holder.pid} if holder else vm.pids,
             net=net,
+            hotplug_ports=args.hotplug_ports,
         )
         vm_state.save()
         if args.wait_port:

@@ -5,7 +5,8 @@
 folder (tag kataShared; laid out like Kata's
 ``/run/kata-containers/shared/sandboxes/<id>/shared``), the console log and the pids (with
 ``netns``, the holder of the NIC's network namespace, for ``vm up --net``), and ``net``: the
-guest NIC's ``mac``, ``address`` (CIDR), ``gateway`` and ``tap`` (empty without a NIC).
+guest NIC's ``mac``, ``address`` (CIDR), ``gateway`` and ``tap`` (empty without a NIC), and
+``hotplug_ports``: how many empty PCIe root ports (``hp0`` at slot 0x10, ...) it has.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class VMState:
     accel: str
     pids: dict[str, int] = field(default_factory=dict)
     net: dict[str, str] = field(default_factory=dict)
+    hotplug_ports: int = 0  # empty PCIe root ports for hot-plugged disks (`--volume`)
 
     @property
     def path(self) -> Path:
