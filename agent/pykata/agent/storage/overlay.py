@@ -7,6 +7,11 @@
 Every layer directory, the directory to create and the mount point are checked (below
 /run/kata-containers, no symlink on the way) before anything is made; what was made is
 removed again when a later step fails.
+
+The kernel never gets a layer path as the host wrote it: each layer directory is opened
+beneath /run/kata-containers (no symlink followed) and the overlay data names it by its
+``/proc/self/fd/<fd>`` path, the fds held open across mount(2); a symlink swapped in after
+the check cannot redirect a layer (the mount table shows those fd paths as the layers).
 """
 
 from __future__ import annotations
@@ -46,6 +51,24 @@ def _layers(data: str) -> list[tuple[str, str]]:
     return layers
 
 
+def _data_through_fds(data: str, root: str, fds: list[int]) -> str:
+    """``data`` with every layer path replaced by the ``/proc/self/fd`` path of that
+    directory opened beneath ``root`` (a symlink or non-directory on the way is refused);
+    the fds opened are appended to ``fds`` for the caller to close after the mount."""
+    items = []
+    for item in data.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.rstrip("+") in LAYER_KEYS:
+            paths = []
+            for path in value.split(":"):
+                fd = beneath.open_beneath(path, root, f"options {key}", os.O_PATH | os.O_DIRECTORY)
+                fds.append(fd)
+                paths.append(beneath.fd_path(fd))
+            item = f"{key}={':'.join(paths)}"
+        items.append(item)
+    return ",".join(items)
+
+
 def attach(spec: StorageSpec, cid: str | None) -> Attached:
     root = ROOT.get()  # /run/kata-containers
     options = [o for o in spec.options if o != RW_OPTION]
@@ -80,13 +103,18 @@ def attach(spec: StorageSpec, cid: str | None) -> Attached:
     except BaseException:
         _remove_made(made)
         raise
+    fds: list[int] = []
     try:
         with undone_on_error(attached):
-            mount_at(spec.mount_point, spec.source or "overlay", "overlay", flags, data)
+            fd_data = _data_through_fds(data, root, fds)
+            mount_at(spec.mount_point, spec.source or "overlay", "overlay", flags, fd_data)
             attached.mounted = True
     except BaseException:
         _remove_made(made)
         raise
+    finally:
+        for fd in fds:
+            os.close(fd)
     return attached
 
 
