@@ -7,28 +7,39 @@ import json
 import os
 from typing import Any
 
-from pykata.agent.errors import InvalidArgument
+from pykata.agent import beneath
 from pykata.agent.mount import MS_BIND, MS_REC, mount, umount_all
-from pykata.agent.validation import CONTAINER_BASE, safe_join, validate_under
+from pykata.agent.validation import CONTAINER_BASE, safe_join
+
+ROOT_FIELD = "OCI.Root.Path"
 
 
 class Bundle:
     def __init__(self, container_id: str, base: str = CONTAINER_BASE) -> None:
+        self.base = os.path.normpath(base)
         self.path = safe_join(base, container_id)
         self.rootfs = os.path.join(self.path, "rootfs")
         self.config = os.path.join(self.path, "config.json")
 
     def create(self, root_source: str) -> None:
-        """Make the bundle dir and bind the host-given root (a storage or shared-dir path)."""
-        source = validate_under(root_source, CONTAINER_BASE)
-        # A symlink on the way could point the root anywhere outside Kata's tree.
-        if os.path.realpath(source) != source:
-            raise InvalidArgument(f"container root {root_source!r} goes through a symlink")
-        if not os.path.isdir(source):
-            raise InvalidArgument(f"container root {root_source!r} is not a directory")
-        os.makedirs(self.rootfs, exist_ok=True)
-        if os.path.normpath(source) != self.rootfs:
-            mount(source, self.rootfs, None, MS_BIND | MS_REC)
+        """Make the bundle dir and bind the host-given root (a storage or shared-dir path).
+
+        The root is opened beneath /run/kata-containers without following any symlink (a
+        link on the way could point it anywhere in the guest) and bound from that fd onto
+        the bundle's rootfs, itself made and opened the same way, so a symlink swapped in
+        after the check cannot redirect the bind."""
+        flags = os.O_PATH | os.O_DIRECTORY
+        with beneath.opened(root_source, self.base, ROOT_FIELD, flags) as source_fd:
+            beneath.make_dirs(self.rootfs, self.base, ROOT_FIELD)
+            if os.path.normpath(root_source) == self.rootfs:
+                return
+            with beneath.opened(self.rootfs, self.base, ROOT_FIELD, flags) as target_fd:
+                mount(
+                    beneath.fd_path(source_fd),
+                    beneath.fd_path(target_fd),
+                    None,
+                    MS_BIND | MS_REC,
+                )
 
     def write_config(self, spec: dict[str, Any]) -> None:
         tmp = self.config + ".tmp"
