@@ -7,7 +7,10 @@ oversized frame RESOURCE_EXHAUSTED on its stream id, and an undecodable payload 
 Memory is bounded where Go's is not (see docs/security.md, "Bounded memory"): request
 payloads held across all connections share one ByteBudget (a frame that does not fit is
 skipped and answered RESOURCE_EXHAUSTED), and each connection has a cap on requests in
-flight (one more is answered RESOURCE_EXHAUSTED; the connection stays up).
+flight (one more is answered RESOURCE_EXHAUSTED; the connection stays up). A frame
+still incomplete some time after its first bytes arrived closes its connection (so a
+stalled peer cannot keep a reservation), and connections beyond a server-wide number are
+closed as soon as they are accepted.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ MAX_RESPONSE_MESSAGE = max_field_content(MAX_PAYLOAD)
 
 DEFAULT_MAX_BUFFERED = 64 << 20
 DEFAULT_MAX_INFLIGHT = 1024
+DEFAULT_FRAME_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 256
+# call_at may run a timer this much before its time.
+_TIMER_SLACK = 0.001
 
 
 if sys.version_info >= (3, 12):
@@ -104,19 +111,36 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
         self._loop = asyncio.get_running_loop()
+        self._frame_timeout = server._frame_timeout
+        # When the first bytes of the incomplete frame being received arrived (None when
+        # the connection is between frames), and the timer that checks it.
+        self._partial_since: float | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._writer = FrameWriter(transport, self._loop)
-        if self._server._closing:
+        server = self._server
+        if server._closing:
             # Accepted just before close() stopped the listener: it would outlive the server.
             transport.abort()
             return
-        self._server._connections.add(self)
+        if len(server._connections) >= server._max_connections:
+            # Closed before anything is read: it holds no budget, no task, no buffer.
+            log.warning(
+                "ttrpc: %d connections open (the limit), closing a new one",
+                server._max_connections,
+            )
+            transport.abort()
+            return
+        server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if self._decoder.buffered:
             log.debug("ttrpc: connection closed in the middle of a frame")
         self._decoder.close()
@@ -140,9 +164,41 @@ class _Connection(asyncio.Protocol):
     def tasks(self) -> list[asyncio.Task[None]]:
         return list(self._inflight.values())
 
+    def _track_partial_frame(self, completed: bool) -> None:
+        """Start the receive deadline of a frame left incomplete: from its first bytes, so a
+        peer trickling its body gets no more time than one sending none. ``completed``:
+        frames came out of this chunk, so an incomplete one now is a new frame."""
+        if not self._decoder.buffered:
+            self._partial_since = None  # a timer still pending finds nothing to do
+            return
+        if completed or self._partial_since is None:
+            self._partial_since = self._loop.time()
+        if self._deadline is None and self._frame_timeout is not None:
+            self._deadline = self._loop.call_at(
+                self._partial_since + self._frame_timeout, self._check_deadline
+            )
+
+    def _check_deadline(self) -> None:
+        self._deadline = None
+        since, timeout = self._partial_since, self._frame_timeout
+        if since is None or timeout is None or self._transport is None:
+            return
+        due = since + timeout
+        if self._loop.time() < due - _TIMER_SLACK:  # the frame then was completed; a later one
+            self._deadline = self._loop.call_at(due, self._check_deadline)
+            return
+        log.warning(
+            "ttrpc: a frame still incomplete %.0f s after its first bytes, closing connection",
+            timeout,
+        )
+        # connection_lost gives the frame's reservation back and cancels its requests.
+        self._transport.abort()
+
     def data_received(self, data: bytes) -> None:
         exempt = self._budget.exempt
-        frames = iter(self._decoder.feed(data))
+        delivered = self._decoder.feed(data)
+        self._track_partial_frame(bool(delivered))
+        frames = iter(delivered)
         for stream_id, frame_type, _flags, payload in frames:
             if isinstance(payload, Refused):
                 self._refused(stream_id, payload)
@@ -286,6 +342,12 @@ class Server:
     discarded unread and answered RESOURCE_EXHAUSTED (smaller frames are never refused, so
     control calls keep working). ``max_inflight_per_connection`` bounds each connection's
     unanswered requests; one more is answered RESOURCE_EXHAUSTED and the connection stays.
+
+    ``frame_timeout`` (seconds, None for none) bounds how long a frame may take to arrive
+    whole, counted from its first bytes: past it the connection is closed, which gives its
+    reservation back and cancels its requests. ``max_connections`` bounds the connections
+    open at once across all listeners: one more is accepted and closed at once, before
+    anything is read from it; those already open are not affected.
     """
 
     def __init__(
@@ -293,11 +355,19 @@ class Server:
         *,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED,
         max_inflight_per_connection: int = DEFAULT_MAX_INFLIGHT,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if max_inflight_per_connection < 1:
             raise ValueError("max_inflight_per_connection must be at least 1")
+        if frame_timeout is not None and not frame_timeout > 0:
+            raise ValueError("frame_timeout must be positive (or None)")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self._budget = ByteBudget(max_buffered_bytes)
         self._max_inflight = max_inflight_per_connection
+        self._frame_timeout = frame_timeout
+        self._max_connections = max_connections
         self._services = ServiceSet()
         self._listeners: list[asyncio.Server] = []
         self._socket_paths: list[str] = []
