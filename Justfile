@@ -104,3 +104,13 @@ peer-go-ttrpc *args:
 # vsock: a client redialling like the Kata Go shim while the test guest boots; refuse vs hold.
 bench-vsock-dials *args: setup
     {{python}} tests/bench/bench_vsock_dials.py {{args}}
+
+# Fuzz: N seeded ttRPC frames (raw, mutated envelopes, contract-built requests) against the
+# agent (unshared mounts and network) and containerd's Go ttRPC; crashes, hangs, codes, RSS.
+fuzz *args: setup
+    {{python}} tests/bench/bench_fuzz.py {{args}}
+
+# Soak: N container lifecycles + M execs through the agent; leaked mounts, fds, zombies,
+# threads, cgroups; RSS; rates against runc directly.
+soak *args: setup
+    {{python}} tests/bench/bench_soak.py {{args}}
