@@ -14,7 +14,7 @@ import pytest
 from pykata.agent import mount as mount_module
 from pykata.agent.container import bundle as bundle_module
 from pykata.agent.container.bundle import Bundle
-from pykata.agent.errors import InvalidArgument, NotFound
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.mount import fstype_of, mount_points, umount_all
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
@@ -62,7 +62,7 @@ def test_container_root_through_a_symlink_is_refused(base: Path, outside: Path) 
     bundle = bundle_in(base)
     try:
         for root in (base / "link", base / "link" / "sub", base / "missing"):
-            with pytest.raises((InvalidArgument, NotFound)):
+            with pytest.raises(InvalidArgument):
                 bundle.create(str(root))
             assert fstype_of(bundle.rootfs) is None
     finally:

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from pykata.agent import beneath
+from pykata.agent.errors import InvalidArgument, NotFound
 from pykata.agent.mount import MS_BIND, MS_REC, mount, umount_all
 from pykata.agent.validation import CONTAINER_BASE, safe_join
 
@@ -29,7 +30,14 @@ class Bundle:
         the bundle's rootfs, itself made and opened the same way, so a symlink swapped in
         after the check cannot redirect the bind."""
         flags = os.O_PATH | os.O_DIRECTORY
-        with beneath.opened(root_source, self.base, ROOT_FIELD, flags) as source_fd:
+        try:
+            source_fd = beneath.open_beneath(root_source, self.base, ROOT_FIELD, flags)
+        except NotFound:
+            # As before beneath: a missing root is a bad spec, not a missing object.
+            raise InvalidArgument(
+                f"{ROOT_FIELD}: container root {root_source!r} is not a directory"
+            ) from None
+        try:
             beneath.make_dirs(self.rootfs, self.base, ROOT_FIELD)
             if os.path.normpath(root_source) == self.rootfs:
                 return
@@ -40,6 +48,8 @@ class Bundle:
                     None,
                     MS_BIND | MS_REC,
                 )
+        finally:
+            os.close(source_fd)
 
     def write_config(self, spec: dict[str, Any]) -> None:
         tmp = self.config + ".tmp"
