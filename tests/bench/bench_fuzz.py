@@ -73,8 +73,8 @@ NEVER_SENT = {
 METHODS = [m for m in AGENT_SERVICE.methods if m.name not in NEVER_SENT]
 HANG_TIMEOUT = 5.0
 ANSWER_WAIT = 10.0  # after a batch is written, how long its requests may take to answer
-RAW_WAIT = 1.0  # how long a raw connection waits for the agent to answer or hang up
-RAW_CONCURRENCY = 64
+RAW_WAIT = 0.25  # how long a raw connection waits for the agent to answer or hang up
+RAW_CONCURRENCY = 128
 # Go ttrpc answers INTERNAL with this text for a payload that does not parse; so do we.
 UNMARSHAL = "ttrpc: error unmarshalling payload"
 SAMPLED = {"INTERNAL", "UNKNOWN", "UNDECODABLE"}  # messages kept for the report
@@ -306,7 +306,7 @@ def code_name(body: bytes) -> str:
 
 
 async def read_frames(reader: asyncio.StreamReader, on_frame: Callable[[int, bytes], None]) -> None:
-    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+    with contextlib.suppress(asyncio.IncompleteReadError, OSError):
         while True:
             length, stream_id, _kind, _flags = HEADER.unpack(await reader.readexactly(HEADER.size))
             on_frame(stream_id, await reader.readexactly(length))
@@ -332,11 +332,11 @@ async def send_raw(address: str, data: bytes, tally: Tally, limit: asyncio.Semap
             # A partial frame: the server may wait for the rest; we hang up after RAW_WAIT.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(read_frames(reader, on_frame), RAW_WAIT)
-        except ConnectionError:
+        except OSError:
             pass
         finally:
             writer.close()
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
         if not answered:
             tally.codes["raw: no answer"] += 1
@@ -386,7 +386,7 @@ async def send_requests(address: str, requests: list[tuple[str, bytes]], tally: 
         waiter = asyncio.create_task(settled.wait())
         await asyncio.wait([reading, waiter], timeout=ANSWER_WAIT, return_when="FIRST_COMPLETED")
         waiter.cancel()
-    except ConnectionError:
+    except OSError:
         pass
     finally:
         if reading.done():
@@ -397,7 +397,7 @@ async def send_requests(address: str, requests: list[tuple[str, bytes]], tally: 
             else:
                 tally.unanswered[label] += 1
         writer.close()
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):
             await writer.wait_closed()
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
