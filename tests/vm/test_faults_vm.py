@@ -9,6 +9,9 @@ call bounded by a timeout, so a hung agent fails the test instead of hanging it)
 - guest memory exhausted by a container without a memory limit: the guest's OOM killer
   takes the container's process, not the agent (PID 1, oom_score_adj -997); WaitProcess
   reports 137, GetOOMEvent the container, and a new container runs afterwards.
+- the vsock back-end killed: the guest and its agent live on, unreachable; a restarted
+  back-end is never reconnected by QEMU 7.2 (its vhost-user-vsock device has no reconnect
+  support), so the host has lost the sandbox; the VM still stops cleanly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -39,6 +43,7 @@ from pykata.host.ctl.spec import ProcessOptions, build_spec
 from pykata.host.ctl.target import Target
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.runner import VM
+from pykata.host.vm.state import AGENT_PORT
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc.errors import TtrpcError
 
@@ -263,3 +268,59 @@ async def test_guest_memory_exhausted_by_a_container(
         await guest.remove(after)
         await guest.call_empty("DestroySandbox", agent_pb2.DestroySandboxRequest())
         assert await asyncio.to_thread(guest.vm.procs["qemu"].wait, CALL_TIMEOUT) == 0
+
+
+async def test_vsock_backend_killed_is_not_reconnected(
+    guest_artifacts: Result, workdir: Path
+) -> None:
+    async with booted(guest_artifacts, workdir) as guest:
+        vm = guest.vm
+        await guest.create(["sleep", "1000"])
+        backend = vm.procs["vsock"]
+        backend.kill()
+        await asyncio.to_thread(backend.wait, 10)
+        with pytest.raises((OSError, TimeoutError, TtrpcError)):
+            await guest.health()  # the connection died with the back-end
+        # A new back-end on the same sockets: QEMU never connects to it again (no
+        # reconnect= on the chardev: QEMU 7.2's vhost-user-vsock fails to start with it,
+        # and has no code to redo the vhost-user setup on a new connection).
+        log_path = workdir / "vsock2.log"
+        restarted = start_vsock_backend(vm, log_path)
+        try:
+            assert restarted.stdout is not None
+            ready = await asyncio.to_thread(restarted.stdout.readline)
+            assert ready.strip() == b"READY"
+            await asyncio.sleep(10)
+            assert "front-end connected" not in log_path.read_text()
+            assert not await hybrid_connects(vm.hybrid_socket, AGENT_PORT)
+        finally:
+            restarted.terminate()
+            await asyncio.to_thread(restarted.wait, 10)
+            if restarted.stdout is not None:
+                restarted.stdout.close()
+        # PID 1 dying panics the guest (panic=1, -no-reboot): QEMU running means the agent
+        # lives on, with its sandbox and container, out of the host's reach.
+        assert vm.procs["qemu"].poll() is None
+
+
+async def hybrid_connects(path: Path, port: int) -> bool:
+    """Whether a hybrid vsock CONNECT to the guest's ``port`` gets its OK."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(f"CONNECT {port}\n".encode())
+        return (await asyncio.wait_for(reader.readline(), CALL_TIMEOUT)).startswith(b"OK ")
+    finally:
+        writer.close()
+
+
+def start_vsock_backend(vm: VM, log_path: Path) -> subprocess.Popen[bytes]:
+    """Another vsock back-end on the VM's sockets (the runner's own one is dead)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "pykata.host.vsock",
+                "--socket", str(vm.workdir / "vhost-vsock.sock"),
+                "--uds-path", str(vm.hybrid_socket), "--connect-timeout", "2",
+            ],
+            stdout=subprocess.PIPE, stderr=log,
+        )  # fmt: skip
