@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 
 from pykata.agent import log
 from pykata.agent.libc import last_error, libc
@@ -35,6 +36,7 @@ logger = log.get("init")
 
 PR_SET_CHILD_SUBREAPER = 36
 RB_POWER_OFF = 0x4321FEDC
+SYNC_TIMEOUT = 5.0
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -303,8 +305,15 @@ def init(cgroup_v2: bool) -> subprocess.Popen[bytes] | None:
 
 
 def power_off() -> None:
-    """sync and power the VM off; only returns if the kernel refused."""
-    os.sync()
+    """sync and power the VM off; only returns if the kernel refused.
+
+    sync waits for every file system, a virtio-fs share whose daemon died included, which
+    never answers: it gets SYNC_TIMEOUT, then the VM goes off regardless."""
+    syncer = threading.Thread(target=os.sync, name="sync", daemon=True)
+    syncer.start()
+    syncer.join(SYNC_TIMEOUT)
+    if syncer.is_alive():
+        logger.warning("sync did not finish; powering off anyway", extra={"waited_s": SYNC_TIMEOUT})
     if libc.reboot(RB_POWER_OFF) != 0:
         logger.critical(
             "reboot(RB_POWER_OFF) failed", extra={"error": last_error("reboot").strerror}

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pykata.agent import log
+from pykata.agent.blocking import bounded
 from pykata.agent.cgroups import Cgroup, open_cgroup
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.runtime import STATE_ROOT, OciRuntime, RuntimeFailure
@@ -30,6 +31,8 @@ from pykata.agent.reaper import Reaper
 from pykata.agent.storage.manager import StorageManager
 
 logger = log.get("container")
+# Bundle removal touches the rootfs mount, which a dead share can hang forever.
+BUNDLE_REMOVE_TIMEOUT = 10.0
 
 # Bound on waiting for a started init to exec its program (steps of 2 ms: 2 s).
 EXEC_WAIT_STEPS = 1000
@@ -378,7 +381,10 @@ class Container:
             self.cgroup_parents.discard(parent)
 
     async def _remove_bundle(self) -> None:
-        self.bundle.remove()
+        # The rootfs may sit on a share whose daemon died: stat/umount would never return.
+        await bounded(
+            self.bundle.remove, BUNDLE_REMOVE_TIMEOUT, f"removing the bundle of {self.id}"
+        )
 
     async def _remove_storages(self) -> None:
         # One at a time: a retry must not drop a reference twice.
