@@ -244,7 +244,27 @@ async def exec_once(agent: Any, cid: str, exec_id: str) -> None:
         raise AssertionError(f"{exec_id}: output {out!r}, exit {status.status}")
 
 
-async def soak_agent(lifecycles: int, execs: int, tmp: Path) -> dict[str, Any]:
+async def dropped_client(address: str, cid: str, exec_id: str) -> None:
+    """A client that starts a process, leaves WaitProcess and ReadStdout pending and hangs up."""
+    client = await Client.connect(address)
+    agent: Any = client.stub(AGENT_SERVICE)
+    process = oci_pb2.Process(Args=["cat"], Env=["PATH=/bin"], Cwd="/")
+    await agent.ExecProcess(
+        agent_pb2.ExecProcessRequest(container_id=cid, exec_id=exec_id, process=process),
+        timeout=60,
+    )
+    pending = [
+        asyncio.ensure_future(agent.WaitProcess(
+            agent_pb2.WaitProcessRequest(container_id=cid, exec_id=exec_id))),
+        asyncio.ensure_future(agent.ReadStdout(
+            agent_pb2.ReadStreamRequest(container_id=cid, exec_id=exec_id, len=4096))),
+    ]  # fmt: skip
+    await asyncio.sleep(0.05)  # the requests are on the wire
+    await client.close()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def soak_agent(lifecycles: int, execs: int, tmp: Path, dropped: int = 0) -> dict[str, Any]:
     """The agent part: counts before/after, leaks, rates."""
     address = f"unix://{tmp}/agent.sock"
     log = tmp / "agent.log"
@@ -274,6 +294,8 @@ async def soak_agent(lifecycles: int, execs: int, tmp: Path) -> dict[str, Any]:
             for i in range(execs):
                 await exec_once(agent, "ex", f"x{i}")
             exec_s = time.perf_counter() - t0
+            for i in range(dropped):
+                await dropped_client(address, "ex", f"d{i}")
             await agent.RemoveContainer(
                 agent_pb2.RemoveContainerRequest(container_id="ex", timeout=30), timeout=60
             )
@@ -288,6 +310,7 @@ async def soak_agent(lifecycles: int, execs: int, tmp: Path) -> dict[str, Any]:
         "runtime": runtime_binary(log),
         "lifecycles": lifecycles,
         "execs": execs,
+        "dropped_clients": dropped,
         "agent_exited": process.returncode not in (0, -signal.SIGTERM) or alive.status != 1,
         "leaks": leaks(before, after),
         "cgroups_while_running": cgroups_while_running,
@@ -346,8 +369,10 @@ def soak_direct(runtime: str, lifecycles: int, execs: int, tmp: Path) -> dict[st
     }
 
 
-async def run(lifecycles: int, execs: int, peer: bool, tmp: Path) -> dict[str, Any]:
-    result: dict[str, Any] = {"agent": await soak_agent(lifecycles, execs, tmp)}
+async def run(
+    lifecycles: int, execs: int, peer: bool, tmp: Path, dropped: int = 0
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"agent": await soak_agent(lifecycles, execs, tmp, dropped)}
     if peer:
         direct = await asyncio.to_thread(
             soak_direct, result["agent"]["runtime"], lifecycles, execs, tmp
@@ -367,7 +392,8 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"\nsoak: {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, runtime {a['runtime']}, "
-        f"{a['lifecycles']} lifecycles + {a['execs']} execs"
+        f"{a['lifecycles']} lifecycles + {a['execs']} execs + {a['dropped_clients']} clients "
+        "dropped mid-WaitProcess/ReadStdout"
     )
     leak = a["leaks"]
     for name in ("mounts", "fds", "zombies", "threads", "cgroups"):
@@ -387,12 +413,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lifecycles", type=int, default=200)
     parser.add_argument("--execs", type=int, default=500)
+    parser.add_argument(
+        "--dropped", type=int, default=100, help="clients that hang up with calls pending"
+    )
     parser.add_argument("--no-peer", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_soak.py runs the agent as root (mounts, namespaces, cgroups)")
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        result = asyncio.run(run(args.lifecycles, args.execs, not args.no_peer, Path(tmp)))
+        result = asyncio.run(
+            run(args.lifecycles, args.execs, not args.no_peer, Path(tmp), args.dropped)
+        )
     report(result)
 
 

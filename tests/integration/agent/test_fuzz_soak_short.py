@@ -40,9 +40,9 @@ async def test_fuzz_2000_frames_no_crash_no_hang(tmp_path: Path) -> None:
     assert "UNKNOWN" not in agent["responses_by_code"]
 
 
-async def test_soak_20_lifecycles_50_execs_no_leak(tmp_path: Path) -> None:
+async def test_soak_20_lifecycles_50_execs_10_dropped_clients_no_leak(tmp_path: Path) -> None:
     bench_soak = load("bench_soak")
-    result = await bench_soak.run(20, 50, False, tmp_path)
+    result = await bench_soak.run(20, 50, False, tmp_path, dropped=10)
     agent = result["agent"]
     assert not agent["agent_exited"]
     assert agent["cgroups_while_running"] > 0  # the cgroup count looks where the agent puts them
