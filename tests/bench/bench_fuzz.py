@@ -488,7 +488,12 @@ class Agent(Target):
     name = "agent"
 
     def command(self) -> list[str]:
-        script = 'mount -t tmpfs -o mode=0755 pykata-fuzz /run/kata-containers && exec "$@"'
+        # Fresh tmpfs for the agent's trees and the runtime's state: nothing lands on the host.
+        script = (
+            "mount -t tmpfs -o mode=0755 pykata-fuzz /run/kata-containers && "
+            "mkdir -p /run/kata-agent && mount -t tmpfs -o mode=0700 pykata-fuzz /run/kata-agent "
+            '&& exec "$@"'
+        )
         return [
             "unshare", "--mount", "--propagation", "private", "--net",
             "sh", "-c", script, "sh", sys.executable, "-m", "pykata.agent",

@@ -131,7 +131,11 @@ def leaks(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 def start_agent(address: str, busybox: Path, log: Path) -> subprocess.Popen[bytes]:
     script = (
-        f"mount -t tmpfs -o mode=0755 pykata-soak {KATA} && mkdir -p {ROOTFS} && "
+        # Fresh tmpfs for the agent's trees and the runtime's state (/run/kata-agent): other
+        # agents on this host must not see (or collide with) this one's containers.
+        f"mount -t tmpfs -o mode=0755 pykata-soak {KATA} && "
+        "mkdir -p /run/kata-agent && mount -t tmpfs -o mode=0700 pykata-soak /run/kata-agent && "
+        f"mkdir -p {ROOTFS} && "
         f'mount --bind "$0" {ROOTFS} && exec "$@"'
     )
     env = dict(os.environ)
