@@ -19,17 +19,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pykata.agent.mount import MS_BIND, mount, umount_all
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Client
 
 START_TIMEOUT = 30.0
+SHARED_CONTAINERS = "/run/kata-containers/shared/containers"
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 150
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
@@ -175,3 +177,21 @@ def health(agent_client: Client) -> Any:
 @pytest.fixture(scope="module")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="module")
+def shared_rootfs(busybox_rootfs: Path) -> Iterator[Callable[[str], None]]:
+    """Makes busybox appear as a container's host-shared rootfs (as virtio-fs would)."""
+    made: list[str] = []
+
+    def share(cid: str) -> None:
+        target = f"{SHARED_CONTAINERS}/{cid}/rootfs"
+        os.makedirs(target, exist_ok=True)
+        mount(str(busybox_rootfs), target, None, MS_BIND)
+        made.append(target)
+
+    yield share
+    for target in made:
+        umount_all(target)
+        os.rmdir(target)
+        os.rmdir(os.path.dirname(target))

@@ -14,13 +14,13 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pykata.agent.mount import MS_BIND, mount, mount_points, umount_all
+from pykata.agent.mount import mount_points
 from pykata.agent.rpc.convert.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2
 from pykata.ttrpc import Client
@@ -67,24 +67,6 @@ def container_spec(cid: str, args: list[str], **resources: Any) -> oci_pb2.Spec:
 
 def process_spec(args: list[str], *, terminal: bool = False) -> oci_pb2.Process:
     return oci_pb2.Process(Args=args, Env=["PATH=/bin"], Cwd="/", Terminal=terminal)
-
-
-@pytest.fixture(scope="module")
-def shared_rootfs(busybox_rootfs: Path) -> Iterator[Callable[[str], None]]:
-    """Makes busybox appear as a container's host-shared rootfs (as virtio-fs would)."""
-    made: list[str] = []
-
-    def share(cid: str) -> None:
-        target = f"{SHARED}/{cid}/rootfs"
-        os.makedirs(target, exist_ok=True)
-        mount(str(busybox_rootfs), target, None, MS_BIND)
-        made.append(target)
-
-    yield share
-    for target in made:
-        umount_all(target)
-        os.rmdir(target)
-        os.rmdir(os.path.dirname(target))
 
 
 @pytest.fixture(scope="module")

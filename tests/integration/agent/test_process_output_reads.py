@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from pykata.agent.mount import MS_BIND, mount, umount_all
 from pykata.agent.rpc.convert.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2
 from pykata.ttrpc import Client
@@ -48,23 +45,6 @@ def container_spec(cid: str, args: list[str]) -> oci_pb2.Spec:
         },
     }
     return from_dict(spec, oci_pb2.Spec())
-
-
-@pytest.fixture(scope="module")
-def shared_rootfs(busybox_rootfs: Path) -> Iterator[Callable[[str], None]]:
-    made: list[str] = []
-
-    def share(cid: str) -> None:
-        target = f"{SHARED}/{cid}/rootfs"
-        os.makedirs(target, exist_ok=True)
-        mount(str(busybox_rootfs), target, None, MS_BIND)
-        made.append(target)
-
-    yield share
-    for target in made:
-        umount_all(target)
-        os.rmdir(target)
-        os.rmdir(os.path.dirname(target))
 
 
 @pytest.fixture(scope="module")
