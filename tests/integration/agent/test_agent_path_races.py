@@ -1,6 +1,7 @@
-"""Overlay layer paths swapped for a symlink between the agent's check and the mount (root).
+"""Overlay layers and the container root swapped for a symlink between the agent's check and
+its mount (root).
 
-A host racing its own CopyFile against a storage request can replace a
+A host racing its own CopyFile against a storage or container request can replace a
 checked layer directory with a symlink in that window; the kernel must still get what was
 checked. The race is made deterministic by swapping at the mount call itself.
 """
@@ -16,6 +17,9 @@ from typing import Any
 
 import pytest
 
+from pykata.agent import mount as mount_module
+from pykata.agent.container import bundle as bundle_module
+from pykata.agent.container.bundle import Bundle
 from pykata.agent.errors import InvalidArgument
 from pykata.agent.mount import fstype_of, mount_points, umount_all
 from pykata.agent.storage import overlay
@@ -121,3 +125,37 @@ async def test_overlay_layer_swapped_after_the_check_is_refused_before_the_mount
         )
     assert fstype_of(str(merged)) is None
     assert not merged.exists()
+
+
+def bundle_in(base: Path) -> Bundle:
+    """A bundle in /run/kata-containers/<cid>, as the agent makes."""
+    return Bundle(f"pykata-root-{secrets.token_hex(3)}")
+
+
+def test_container_root_through_a_symlink_is_refused(base: Path, outside: Path) -> None:
+    (base / "link").symlink_to(outside)
+    bundle = bundle_in(base)
+    try:
+        for root in (base / "link", base / "link" / "sub", base / "missing"):
+            with pytest.raises(InvalidArgument):
+                bundle.create(str(root))
+            assert fstype_of(bundle.rootfs) is None
+    finally:
+        bundle.remove()
+
+
+def test_container_root_swapped_for_a_symlink_before_the_bind_is_not_followed(
+    base: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = base / "rootfs"
+    root.mkdir()
+    (root / "file").write_text("checked")
+    monkeypatch.setattr(bundle_module, "mount", swapping_before(mount_module.mount, root, outside))
+    bundle = bundle_in(base)
+    try:
+        bundle.create(str(root))
+        assert root.is_symlink()
+        assert (Path(bundle.rootfs) / "file").read_text() == "checked"
+    finally:
+        bundle.remove()
+    assert not os.path.exists(bundle.path)
