@@ -1,7 +1,9 @@
-"""The VM's virtio-net NIC: QEMU's tap options, the tap end's address, MACs, namespaces."""
+"""The VM's optional devices on QEMU's command line: the virtio-net NIC (tap options, the tap
+end's address, MACs, namespaces) and the NVDIMM (memory slots, file backend, size check)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pykata.host.vm import netns, qemu
+from pykata.host.vm.runner import VM, VMError
 
 
 def spec(**changes: object) -> qemu.MachineSpec:
@@ -84,3 +87,30 @@ def test_our_own_namespace_is_refused() -> None:
 
 def test_link_names_of_our_namespace() -> None:
     assert "lo" in netns.link_names(os.getpid())
+
+
+def test_no_nvdimm_no_memory_slots() -> None:
+    cmd = qemu.command(spec())
+    assert cmd[cmd.index("-m") + 1] == "512M"
+    assert "nvdimm" not in " ".join(cmd)
+
+
+def test_nvdimm_options() -> None:
+    cmd = qemu.command(spec(nvdimm=Path("/img/pmem.img"), nvdimm_size=16 << 20))
+    assert cmd[cmd.index("-machine") + 1] == "q35,accel=tcg,memory-backend=mem,nvdimm=on"
+    assert cmd[cmd.index("-m") + 1] == "512M,slots=2,maxmem=528M"
+    backend = "memory-backend-file,id=nvmem0,share=on,mem-path=/img/pmem.img,size=16777216"
+    assert backend in cmd
+    assert cmd[cmd.index(backend) + 1 : cmd.index(backend) + 3] == [
+        "-device",
+        "nvdimm,id=nv0,memdev=nvmem0",
+    ]
+
+
+def test_nvdimm_size_must_be_2mib_aligned(tmp_path: Path) -> None:
+    image = tmp_path / "odd.img"
+    image.write_bytes(b"x" * 4096)
+    vm = VM(Path("/k"), Path("/i"), workdir=tmp_path / "vm", nvdimm=image, accel="tcg")
+    with pytest.raises(VMError, match="not a multiple of 2 MiB"):
+        asyncio.run(vm.start())
+    assert not vm.procs
