@@ -5,7 +5,8 @@ Names, defaults and precedence follow the Kata agent:
 - ``--config FILE`` (or ``agent.config_file=FILE`` on the command line) makes the TOML file
   the whole configuration; the other ``agent.*`` parameters are then ignored;
 - otherwise the ``agent.*`` kernel parameters apply;
-- ``KATA_AGENT_SERVER_ADDR``, ``KATA_AGENT_LOG_LEVEL`` and ``KATA_AGENT_TRACING`` override
+- ``KATA_AGENT_SERVER_ADDR``, ``KATA_AGENT_LOG_LEVEL``, ``KATA_AGENT_TRACING`` and
+  ``KATA_AGENT_OPS_ADDR`` (our ops channel on any address, e.g. a unix socket) override
   either (Kata skips the environment for ``agent.config_file``; we apply it in both cases so
   tests can always point the agent at their own socket).
 
@@ -58,12 +59,22 @@ class AgentConfig:
     cgroup_no_v1: str = ""
     unified_cgroup_hierarchy: bool = True
     tracing: bool = False
+    # The ops channel (docs/ops.md): off unless a vsock port or an address is given.
+    ops_vport: int = 0
+    ops_server_addr: str = ""
     # Problems met while parsing: logged after logging is configured, never fatal.
     warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def cgroup_v2(self) -> bool:
         return self.unified_cgroup_hierarchy or self.cgroup_no_v1 == "all"
+
+    @property
+    def ops_address(self) -> str:
+        """Where the ops server listens; empty: no ops channel."""
+        if self.ops_server_addr:
+            return self.ops_server_addr
+        return f"vsock://-1:{self.ops_vport}" if self.ops_vport else ""
 
     def public(self) -> dict[str, Any]:
         """The settings as plain values (for the announce record)."""
@@ -135,6 +146,7 @@ CMDLINE_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "agent.launch_process_timeout": ("launch_process_timeout", parse_timeout),
     "agent.debug_console_vport": ("debug_console_vport", parse_port),
     "agent.log_vport": ("log_vport", parse_port),
+    "agent.ops_vport": ("ops_vport", parse_port),
     "agent.container_pipe_size": ("container_pipe_size", parse_pipe_size),
     "agent.trace": ("tracing", parse_bool),
     "cgroup_no_v1": ("cgroup_no_v1", parse_cgroup_no_v1),
@@ -150,6 +162,7 @@ CONFIG_FILE_OPTION = "agent.config_file"
 ENV_SERVER_ADDR = "KATA_AGENT_SERVER_ADDR"
 ENV_LOG_LEVEL = "KATA_AGENT_LOG_LEVEL"
 ENV_TRACING = "KATA_AGENT_TRACING"
+ENV_OPS_ADDR = "KATA_AGENT_OPS_ADDR"
 
 
 def in_guest(is_pid1: bool, environ: Mapping[str, str]) -> bool:
@@ -218,6 +231,8 @@ TOML_KEYS: dict[str, Callable[[Any], Any]] = {
     "launch_process_timeout": _toml_duration,
     "debug_console_vport": lambda v: parse_port(str(_toml_typed(int)(v))),
     "log_vport": lambda v: parse_port(str(_toml_typed(int)(v))),
+    "ops_vport": lambda v: parse_port(str(_toml_typed(int)(v))),
+    "ops_server_addr": lambda v: parse_string(_toml_typed(str)(v)),
     "container_pipe_size": lambda v: parse_pipe_size(str(_toml_typed(int)(v))),
     "server_addr": lambda v: parse_string(_toml_typed(str)(v)),
     "unified_cgroup_hierarchy": _toml_typed(bool),
@@ -254,6 +269,8 @@ def apply_env(config: AgentConfig, environ: Mapping[str, str]) -> None:
             config.warnings.append(f"{ENV_LOG_LEVEL}: {exc}; keeping the configured level")
     if ENV_TRACING in environ:
         config.tracing = parse_bool(environ[ENV_TRACING])
+    if environ.get(ENV_OPS_ADDR):
+        config.ops_server_addr = environ[ENV_OPS_ADDR]
 
 
 def _read(path: str, config: AgentConfig) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import TYPE_CHECKING
 
 from google.protobuf.internal import api_implementation
 
@@ -14,6 +15,9 @@ from pykata.agent.reaper import Reaper
 from pykata.agent.rpc.wiring import build_server
 from pykata.agent.sandbox import Sandbox
 from pykata.ttrpc import Server
+
+if TYPE_CHECKING:
+    from pykata.agent.upgrade.restore import Restored
 
 logger = log.get("main")
 
@@ -44,21 +48,71 @@ def release_startup_memory() -> None:
     libc.malloc_trim(0)
 
 
-async def serve(config: AgentConfig) -> None:
+async def _serve_ops(
+    config: AgentConfig,
+    sandbox: Sandbox,
+    agent_server: Server,
+    restored: Restored | None,
+) -> Server:
+    """The ops channel (docs/ops.md); its code is loaded only when it is configured."""
+    from pykata.agent.ops.runtime import AgentRuntime
+    from pykata.agent.rpc.wiring import build_ops_server
+
+    runtime = AgentRuntime(config, sandbox, sandbox.reaper, agent_server)
+    status = None
+    if restored is not None:
+        from pykata.agent.upgrade.manager import restored_status
+
+        state = restored.state
+        runtime.started = float(state["started"])
+        runtime.generation = int(state["generation"]) + (0 if restored.rolled_back else 1)
+        status = restored_status(
+            state["upgrade"], runtime.generation, restored.pause, restored.rolled_back
+        )
+    server = build_ops_server(runtime, status)
+    runtime.ops_server = server
+    if restored is not None and "ops" in restored.state["servers"]:
+        await server.take_over(restored.state["servers"]["ops"])
+    else:
+        await _listen(server, config.ops_address)
+    return server
+
+
+async def serve(config: AgentConfig, restored: Restored | None = None) -> None:
+    """Serve until DestroySandbox or a signal; ``restored``: go on where the previous agent
+    stopped (an upgrade) instead of starting afresh."""
     reaper = Reaper()
+    if restored is not None:
+        reaper.restore(restored.state["reaper"])
     reaper.start()
     sandbox = Sandbox(config, reaper)
+    if restored is not None:
+        sandbox.restore(restored.state["sandbox"])
     ttrpc_server = build_server(sandbox)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if not pid1.is_pid1():
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-    await _listen(ttrpc_server, config.server_addr)
+    if restored is not None:
+        await ttrpc_server.take_over(restored.state["servers"]["agent"])
+    else:
+        await _listen(ttrpc_server, config.server_addr)
+    ops_server = None
+    if config.ops_address or restored is not None:
+        ops_server = await _serve_ops(config, sandbox, ttrpc_server, restored)
     # The protobuf backend is logged because a guest without libstdc++ silently falls back
     # from upb to pure Python (slower, ~3 MiB more memory).
     ready = {"address": config.server_addr, "protobuf": api_implementation.Type()}
+    if ops_server is not None:
+        ready["ops_address"] = config.ops_address
     logger.info("agent ready", extra=ready)
+    if restored is not None:
+        from pykata.agent.upgrade import package
+
+        restored.readiness.report()
+        logger.info("upgrade: serving", extra={"pause_seconds": round(restored.pause, 4)})
+        package.prune(keep=package.running_code())
     # Once, in the background: the first CreateContainer awaits it, no request runs it.
     sandbox.start_runtime_probe()
     release_startup_memory()
@@ -73,6 +127,8 @@ async def serve(config: AgentConfig) -> None:
     if sandbox.destroyed.is_set():
         await asyncio.sleep(REPLY_GRACE)
     await ttrpc_server.close()
+    if ops_server is not None:
+        await ops_server.close()
     await sandbox.settle_runtime_probe()
     if not sandbox.destroyed.is_set():
         logger.info("signalled: cleaning the sandbox up before exit")
@@ -82,11 +138,13 @@ async def serve(config: AgentConfig) -> None:
     reaper.stop()
 
 
-def run(config: AgentConfig) -> int:
+def run(config: AgentConfig, restored: Restored | None = None) -> int:
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, restored))
         logger.info("agent stopped")
         return 0
     except Exception:
+        if restored is not None and not restored.readiness.reported:
+            raise  # boot.py rolls back to the previous agent
         logger.exception("agent failed")
         return 1

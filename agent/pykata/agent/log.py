@@ -186,5 +186,15 @@ def setup(level: int, *, log_vport: int = 0, stream: TextIO | None = None) -> lo
     return logging.getLogger(ROOT_LOGGER)
 
 
+def level() -> int:
+    return logging.getLogger(ROOT_LOGGER).level
+
+
+def set_level(level: int) -> None:
+    """Change the level of every logger setup() configured (the ops channel's SetLogLevel)."""
+    for name in (ROOT_LOGGER, "ttrpc", "asyncio"):
+        logging.getLogger(name).setLevel(level)
+
+
 def get(subsystem: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT_LOGGER}.{subsystem}")

@@ -32,21 +32,30 @@ COMPRESSION_MODULES = ("bz2", "lzma")
 # protobuf's descriptor_pool and builder import its pure-Python message implementation (with
 # text_format, encoder, decoder...) even when upb does all the work: 1.2 MiB until used.
 DEFERRED_MODULES = ("google.protobuf.internal.python_message",)
-USAGE = "usage: kata-agent [--version|-v] [--config|-c FILE]"
+OPS_MODULES = (
+    "pykata.agent.rpc.ops",
+    "pykata.agent.upgrade.manager",
+    "pykata.agent.upgrade.restore",
+    "pykata.agent.upgrade.switch",
+)
+USAGE = "usage: kata-agent [--version|-v] [--self-check] [--config|-c FILE]"
 
 
 class UsageError(Exception):
     pass
 
 
-def parse_args(argv: list[str]) -> tuple[bool, str | None]:
-    """(show version, config file) from Kata's command-line options."""
-    version = False
+def parse_args(argv: list[str]) -> tuple[str | None, str | None]:
+    """(what to show instead of serving: "version", "self-check" or None, config file) from
+    Kata's command-line options and ours."""
+    show = None
     config = None
     args = iter(argv)
     for arg in args:
         if arg in ("--version", "-v"):
-            version = True
+            show = "version"
+        elif arg == "--self-check":
+            show = "self-check"
         elif arg in ("--config", "-c"):
             config = next(args, None)
             if config is None:
@@ -55,7 +64,7 @@ def parse_args(argv: list[str]) -> tuple[bool, str | None]:
             config = arg.removeprefix("--config=")
         else:
             raise UsageError(f"unknown argument {arg!r}")
-    return version, config
+    return show, config
 
 
 def announce(config: AgentConfig) -> None:
@@ -81,15 +90,41 @@ def serving_module() -> ModuleType:
     return daemon
 
 
+def self_check(config_file: str | None) -> int:
+    """What an upgrade runs before switching to this code: everything the agent serves with
+    imports, the configuration loads; prints the versions and the state formats it reads."""
+    import importlib
+    import json
+
+    serving_module()
+    # What only the ops channel and an upgrade load, lazily.
+    for module in OPS_MODULES:
+        importlib.import_module(module)
+    from pykata.agent.upgrade import package, state
+
+    config = agent_config.load(cmdline_path=None, config_file=config_file)
+    report = {
+        "version": VERSION,
+        "api_version": API_VERSION,
+        "state_formats": list(state.READABLE),
+        "code": str(package.running_code()),
+        "config_warnings": config.warnings,
+    }
+    print(json.dumps(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        version, config_file = parse_args(sys.argv[1:] if argv is None else argv)
+        show, config_file = parse_args(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
         print(f"{exc}\n{USAGE}", file=sys.stderr)
         return 2
-    if version:
+    if show == "version":
         print(f"kata-agent version {VERSION} (api version: {API_VERSION}, type: python)")
         return 0
+    if show == "self-check":
+        return self_check(config_file)
     is_init = pid1.is_pid1()
     if is_init:
         os.environ.setdefault("PATH", DEFAULT_PATH)

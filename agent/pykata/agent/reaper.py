@@ -69,6 +69,14 @@ class Reaper:
         while len(self._unclaimed) > UNCLAIMED_LIMIT:
             self._unclaimed.popitem(last=False)
 
+    def snapshot(self) -> list[list[int]]:
+        """Statuses collected and not asked for yet, (pid, status) oldest first."""
+        return [[pid, status] for pid, status in self._unclaimed.items()]
+
+    def restore(self, unclaimed: list[list[int]]) -> None:
+        for pid, status in unclaimed:
+            self._unclaimed[pid] = status
+
     def watch(self, pid: int) -> asyncio.Future[int]:
         """A future resolving to the raw wait status of ``pid`` (several callers share it)."""
         existing = self._waiters.get(pid)

@@ -401,6 +401,84 @@ class Sandbox:
         mount(RESOLV_CONF, GUEST_RESOLV_CONF, None, MS_BIND)
         self._resolv_mounted = True
 
+    def snapshot(self) -> dict[str, Any]:
+        """The pod as a restored agent takes it over (upgrade/state.py)."""
+        probe = self._runtime_probe
+        runtime = None
+        if probe is not None and probe.done() and not probe.cancelled() and not probe.exception():
+            found = probe.result()
+            runtime = {"binary": found.binary, "no_pivot": found.no_pivot}
+        return {
+            "id": self.id,
+            "hostname": self.hostname,
+            "running": self.running,
+            "namespaces": self.namespaces,
+            "mounts": self.mounts,
+            "dns": self.dns,
+            "pidns": None if self._pidns is None else list(self._pidns),
+            "guest_hooks": self.guest_hooks,
+            "resolv_mounted": self._resolv_mounted,
+            "cgroup_parents": sorted(self._cgroup_parents),
+            "oom_events": self._pending_oom_events(),
+            "runtime": runtime,
+            "storages": self.storages.snapshot(),
+            "containers": [c.snapshot() for c in self.containers.values()],
+        }
+
+    def _pending_oom_events(self) -> list[str]:
+        events = []
+        while not self.oom_events.empty():
+            events.append(self.oom_events.get_nowait())
+        for cid in events:
+            self.oom_events.put_nowait(cid)
+        return events
+
+    def busy(self) -> list[str]:
+        """What must finish before the state can be handed over (a create in progress)."""
+        return [f"creating container {cid}" for cid in self._creating]
+
+    def fds(self) -> list[int]:
+        return [fd for c in self.containers.values() for fd in c.fds()]
+
+    async def hand_over(self) -> None:
+        for container in self.containers.values():
+            await container.hand_over()
+        self.storages.hand_over()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        from pykata.agent.container.runtime import OciRuntime
+
+        self.id = state["id"]
+        self.hostname = state["hostname"]
+        self.running = bool(state["running"])
+        self.namespaces = dict(state["namespaces"])
+        self.mounts = list(state["mounts"])
+        self.dns = list(state["dns"])
+        self._pidns = None if state["pidns"] is None else (state["pidns"][0], state["pidns"][1])
+        self.guest_hooks = state["guest_hooks"]
+        self._resolv_mounted = bool(state["resolv_mounted"])
+        self._cgroup_parents.update(state["cgroup_parents"])
+        for cid in state["oom_events"]:
+            self.oom_events.put_nowait(cid)
+        self.storages.restore(state["storages"])
+        found = state["runtime"]
+        if found is None:
+            self.start_runtime_probe()
+        else:
+            runtime = OciRuntime(found["binary"], self.reaper, no_pivot=bool(found["no_pivot"]))
+            probe: asyncio.Future[OciRuntime] = asyncio.get_running_loop().create_future()
+            probe.set_result(runtime)
+            self._runtime_probe = probe
+        for item in state["containers"]:
+            if found is None:
+                # Containers exist only once a runtime was found.
+                raise ValueError("state has containers but no OCI runtime")
+            container = Container.restored(
+                item, runtime, self.reaper, self.storages, self.oom_events.put_nowait
+            )
+            container.cgroup_parents = self._cgroup_parents
+            self.containers[container.id] = container
+
     async def destroy(self) -> None:
         """Tear everything down; every step runs even if an earlier one failed."""
         async with self._lock:

@@ -134,6 +134,14 @@ class FrameDecoder:
             self._budget.release(self._reserved)
         self._reserved = 0
 
+    def partial(self) -> bytes:
+        """The bytes of the incomplete frame held (for another process taking the connection
+        over, which feeds them first). ValueError while an oversized or refused frame is
+        being skipped: that cannot be handed over."""
+        if self._discard:
+            raise ValueError("a refused frame is still being skipped")
+        return bytes(self._buf)
+
     def feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
         if self._discard:
@@ -220,7 +228,13 @@ class FrameWriter:
         queue.append(HEADER.pack(len(payload), stream_id, frame_type, 0))
         queue.append(payload)
 
+    @property
+    def queued(self) -> bool:
+        return bool(self._queue)
+
     def _flush(self) -> None:
+        if not self._queue:
+            return  # flushed early (flush()) in the iteration it was queued
         data = b"".join(self._queue)
         self._queue.clear()
         if not self._transport.is_closing():

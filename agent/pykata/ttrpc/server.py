@@ -16,11 +16,13 @@ closed as soon as they are accepted.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+import socket
 import sys
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Collection, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -108,6 +110,9 @@ class _Connection(asyncio.Protocol):
         self._max_inflight = server._max_inflight
         self._decoder = FrameDecoder(budget=server._budget)
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        # The request of each in-flight stream (Request bytes), its service and method: what
+        # a hand-over to another process re-dispatches there.
+        self._requests: dict[int, tuple[str, bytes]] = {}
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
         self._loop = asyncio.get_running_loop()
@@ -135,6 +140,8 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         server._connections.add(self)
+        if server._paused:
+            transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
@@ -145,6 +152,7 @@ class _Connection(asyncio.Protocol):
             log.debug("ttrpc: connection closed in the middle of a frame")
         self._decoder.close()
         self._transport = None
+        self._requests.clear()
         for task in self._inflight.values():
             task.cancel()
 
@@ -276,9 +284,12 @@ class _Connection(asyncio.Protocol):
                 f"{self._max_inflight}); retry once some have been answered",
             )
             return None
-        return _start_task(
+        task = _start_task(
             self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
         )
+        if not task.done():
+            self._requests[stream_id] = (f"{request.service}/{request.method}", payload)
+        return task
 
     async def _run(self, stream_id: int, method: Method, payload: bytes, timeout_nano: int) -> None:
         try:
@@ -327,10 +338,56 @@ class _Connection(asyncio.Protocol):
             self._send_error(stream_id, code, message)
         finally:
             self._inflight.pop(stream_id, None)
+            self._requests.pop(stream_id, None)
 
     def _send_error(self, stream_id: int, code: int, message: str) -> None:
         if self._writer is not None and self._transport is not None:
             self._writer.write(stream_id, _RESPONSE, _error_response(code, message))
+
+    # Hand-over to another process (the agent's upgrade): see Server.hand_over.
+
+    def unsettled(self, resumable: Collection[str]) -> int:
+        """Requests still to answer and bytes still to send before the connection can be
+        handed over; requests to a ``resumable`` route ("service/method") do not count, nor
+        does a frame begun (it is handed over), unless a refused one is being skipped."""
+        if self._transport is None:
+            return 0
+        busy = 0
+        try:
+            self._decoder.partial()
+        except ValueError:
+            busy = 1
+        busy += sum(1 for route, _ in self._requests.values() if route not in resumable)
+        if self._writer is not None and self._writer.queued:
+            busy += 1
+        return busy + self._transport.get_write_buffer_size()
+
+    def hand_over(self) -> dict[str, Any] | None:
+        """The socket (made inheritable), the bytes of a frame begun and the requests in
+        flight, for the process that goes on serving this connection; None if it is gone."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return None
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno()
+        os.set_inheritable(fd, True)
+        return {
+            "fd": fd,
+            "partial": base64.b64encode(self._decoder.partial()).decode(),
+            "pending": [
+                {"stream_id": sid, "route": route, "request": base64.b64encode(raw).decode()}
+                for sid, (route, raw) in self._requests.items()
+            ],
+        }
+
+    def take_over(self, state: dict[str, Any]) -> None:
+        """Go on where the previous process stopped: its partial frame, then re-dispatch the
+        requests it left unanswered (their replies go out on the same stream ids)."""
+        for item in state["pending"]:
+            self._request(int(item["stream_id"]), base64.b64decode(item["request"]), 0)
+        partial = state["partial"]
+        if partial:
+            self.data_received(base64.b64decode(partial))
 
 
 class Server:
@@ -373,7 +430,13 @@ class Server:
         self._socket_paths: list[str] = []
         self._connections: set[_Connection] = set()
         self._closing = False
+        # Reading stopped on every connection (a hand-over is being prepared).
+        self._paused = False
         self._closed = asyncio.Event()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     @property
     def buffered_bytes(self) -> int:
@@ -396,6 +459,55 @@ class Server:
         if isinstance(parsed, UnixAddress) and not parsed.abstract:
             self._socket_paths.append(parsed.path)
         log.info("ttrpc: listening on %s", parsed)
+
+    def pause(self) -> None:
+        """Read no more requests on any connection, new ones included; those in flight go
+        on and their answers are sent."""
+        self._paused = True
+        for conn in self._connections:
+            if conn._transport is not None:
+                conn._transport.pause_reading()
+
+    def resume(self) -> None:
+        self._paused = False
+        for conn in self._connections:
+            if conn._transport is not None:
+                conn._transport.resume_reading()
+
+    def unsettled(self, resumable: Collection[str]) -> int:
+        """How much is left before a paused server can be handed over (0: ready)."""
+        return sum(conn.unsettled(resumable) for conn in self._connections)
+
+    def hand_over(self) -> dict[str, Any]:
+        """Everything another process needs to serve on: listening sockets and open
+        connections (their fds made inheritable, to survive execve), each connection's
+        partial frame and unanswered requests. Call on a paused server once unsettled() is
+        0, and exec without returning to the event loop: this process must not serve on."""
+        listeners = []
+        for listener in self._listeners:
+            for sock in listener.sockets:
+                os.set_inheritable(sock.fileno(), True)
+                name = sock.getsockname()
+                path = name if isinstance(name, str) and name in self._socket_paths else ""
+                listeners.append({"fd": sock.fileno(), "path": path})
+        connections = [c for c in (conn.hand_over() for conn in self._connections) if c]
+        return {"listeners": listeners, "connections": connections}
+
+    async def take_over(self, state: dict[str, Any]) -> None:
+        """Serve the listeners and connections another process handed over (hand_over)."""
+        loop = asyncio.get_running_loop()
+        for item in state["listeners"]:
+            sock = socket.socket(fileno=int(item["fd"]))
+            sock.set_inheritable(False)
+            listener = await loop.create_server(lambda: _Connection(self), sock=sock)
+            self._listeners.append(listener)
+            if item["path"]:
+                self._socket_paths.append(item["path"])
+        for item in state["connections"]:
+            sock = socket.socket(fileno=int(item["fd"]))
+            sock.set_inheritable(False)
+            _, conn = await loop.connect_accepted_socket(lambda: _Connection(self), sock=sock)
+            conn.take_over(item)
 
     async def serve_forever(self) -> None:
         """Return once close() has run."""

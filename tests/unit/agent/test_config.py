@@ -159,3 +159,15 @@ def test_public_view_names_the_level() -> None:
     public = AgentConfig(log_level=logging.DEBUG).public()
     assert public["log_level"] == "debug"
     assert "warnings" not in public
+
+
+def test_ops_channel_is_off_by_default_and_on_with_a_port_or_an_address(tmp_path: Path) -> None:
+    assert config.load(cmdline_path=None, environ={}).ops_address == ""
+    assert load_cmdline(tmp_path, "agent.ops_vport=1027").ops_address == "vsock://-1:1027"
+    bad = load_cmdline(tmp_path, "agent.ops_vport=0")
+    assert bad.ops_address == "" and "agent.ops_vport=0" in bad.warnings[0]
+    env = {"KATA_AGENT_OPS_ADDR": "unix://@ops"}
+    assert load_cmdline(tmp_path, "agent.ops_vport=1027", env).ops_address == "unix://@ops"
+    toml = tmp_path / "agent.toml"
+    toml.write_text("ops_vport = 2000\n")
+    assert config.load(cmdline_path=None, config_file=str(toml), environ={}).ops_vport == 2000

@@ -8,11 +8,12 @@ from pykata.agent.main import UsageError, main, parse_args
 
 
 def test_parse_args() -> None:
-    assert parse_args([]) == (False, None)
-    assert parse_args(["-v"]) == (True, None)
-    assert parse_args(["--config", "/etc/agent.toml"]) == (False, "/etc/agent.toml")
-    assert parse_args(["-c", "a.toml", "--version"]) == (True, "a.toml")
-    assert parse_args(["--config=b.toml"]) == (False, "b.toml")
+    assert parse_args([]) == (None, None)
+    assert parse_args(["-v"]) == ("version", None)
+    assert parse_args(["--config", "/etc/agent.toml"]) == (None, "/etc/agent.toml")
+    assert parse_args(["-c", "a.toml", "--version"]) == ("version", "a.toml")
+    assert parse_args(["--config=b.toml"]) == (None, "b.toml")
+    assert parse_args(["--self-check"]) == ("self-check", None)
 
 
 @pytest.mark.parametrize("argv", [["--config"], ["init"], ["--frobnicate"]])

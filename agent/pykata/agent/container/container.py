@@ -386,6 +386,77 @@ class Container:
             self.bundle.remove, BUNDLE_REMOVE_TIMEOUT, f"removing the bundle of {self.id}"
         )
 
+    def processes(self) -> list[Process]:
+        """Every process the agent still holds (live, or waited for with output unread)."""
+        return self._processes.all()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The container as a restored agent takes it over (upgrade/state.py)."""
+        return {
+            "id": self.id,
+            "bundle_base": self.bundle.base,
+            "spec": self.spec,
+            "storages": self.storages,
+            "pipe_size": self.pipe_size,
+            "state": self.state.value,
+            "init": None if self.init is None else self.init.snapshot(),
+            "processes": self._processes.snapshot(),
+            "oom_watch": self._oom_task is not None and not self._oom_task.done(),
+            "owns_cgroup": self.owns_cgroup,
+            "torn_down": sorted(self._torn_down),
+            "destroyed": self.destroyed,
+        }
+
+    def fds(self) -> list[int]:
+        return [fd for process in self._processes.all() for fd in process.fds()]
+
+    async def hand_over(self) -> None:
+        """Stop the watchers whose work the restored agent takes over (the reaper's
+        statuses and the pipes stay with the kernel meanwhile)."""
+        await self._stop_oom_watch()
+        for process in self._processes.all():
+            process.stop_output()
+
+    @classmethod
+    def restored(
+        cls,
+        state: dict[str, Any],
+        runtime: OciRuntime,
+        reaper: Reaper,
+        storage_manager: StorageManager,
+        on_oom: Callable[[str], None],
+    ) -> Container:
+        cid = state["id"]
+        container = cls(
+            cid,
+            Bundle(cid, state["bundle_base"]),
+            state["spec"],
+            runtime,
+            reaper,
+            list(state["storages"]),
+            storage_manager,
+            int(state["pipe_size"]),
+        )
+        container.state = State(state["state"])
+        table = state["processes"]
+        processes = {
+            p["exec_id"]: Process.restored(p, reaper) for p in [*table["live"], *table["draining"]]
+        }
+        init = state["init"]
+        if init is not None:
+            container.init = processes.get(init["exec_id"]) or Process.restored(init, reaper)
+            if not container.init.exited:
+                container._init_tracker = asyncio.ensure_future(
+                    container._track_init(container.init)
+                )
+        container._processes = ProcessTable.restored(table, processes)
+        container.owns_cgroup = bool(state["owns_cgroup"])
+        container._torn_down = set(state["torn_down"])
+        container.destroyed = bool(state["destroyed"])
+        if state["oom_watch"]:
+            container._watch_oom(on_oom)
+        return container
+
     async def _remove_storages(self) -> None:
         # One at a time: a retry must not drop a reference twice.
         for mount_point in list(self.storages):

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from pykata.agent import log
 from pykata.agent.errors import FailedPrecondition, Unavailable
@@ -45,6 +46,7 @@ class Process:
         self.exit_status: int | None = None
         self._exited = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._status: asyncio.Future[int] | None = None
 
     def pipes(self, pipe_size: int) -> ChildStdio:
         """Create the stdio pipes; the agent keeps its ends, the child's ends are returned."""
@@ -66,12 +68,16 @@ class Process:
 
     def started(self, pid: int, reaper: Reaper) -> None:
         self.pid = pid
-        self._watcher = asyncio.ensure_future(self._watch(reaper.watch(pid)))
+        self._status = reaper.watch(pid)
+        self._watcher = asyncio.ensure_future(self._watch(self._status))
 
     async def _watch(self, status_fut: asyncio.Future[int]) -> None:
         status = await status_fut
         self.exit_status = exit_code(status)
         logger.info("process exited", extra={"exec_id": self.exec_id, "pid": self.pid})
+        await self._finish_output()
+
+    async def _finish_output(self) -> None:
         grace = PTY_FLUSH_GRACE if self.tty_master is not None else 0.0
         await asyncio.gather(
             *(s.finish(grace) for s in (self.stdout, self.stderr) if s is not None)
@@ -138,6 +144,64 @@ class Process:
         for stream in (self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The process as a restored agent takes it over (upgrade/state.py)."""
+        exit_status = self.exit_status
+        if exit_status is None and self._status is not None and self._status.done():
+            # Reaped, and the watcher not run yet: the status exists only here.
+            exit_status = exit_code(self._status.result())
+        return {
+            "exec_id": self.exec_id,
+            "init": self.init,
+            "terminal": self.terminal,
+            "pid": self.pid,
+            "exit_status": exit_status,
+            "exited": self.exited,
+            "tty_master": self.tty_master,
+            "stdin": None if self.stdin is None else self.stdin.snapshot(),
+            "stdout": None if self.stdout is None else self.stdout.snapshot(),
+            "stderr": None if self.stderr is None else self.stderr.snapshot(),
+        }
+
+    def fds(self) -> list[int]:
+        """Every fd the agent holds for this process (they must survive the upgrade's exec)."""
+        fds = [] if self.tty_master is None else [self.tty_master]
+        if self.stdin is not None and self.stdin.fd is not None:
+            fds.append(self.stdin.fd)
+        for stream in (self.stdout, self.stderr):
+            if stream is not None and not stream.closed:
+                fds.append(stream.fd)
+        return fds
+
+    def stop_output(self) -> None:
+        for stream in (self.stdout, self.stderr):
+            if stream is not None:
+                stream.stop()
+
+    @classmethod
+    def restored(cls, state: dict[str, Any], reaper: Reaper) -> Process:
+        """Go on where the previous agent stopped: watch a live pid, or finish the output of
+        one that exited meanwhile (its status was collected by the previous agent)."""
+        process = cls(state["exec_id"], init=bool(state["init"]), terminal=bool(state["terminal"]))
+        process.pid = int(state["pid"])
+        process.tty_master = state["tty_master"]
+        if state["stdin"] is not None:
+            process.stdin = InputStream.restored(state["stdin"])
+        if state["stdout"] is not None:
+            process.stdout = OutputStream.restored(state["stdout"])
+        if state["stderr"] is not None:
+            process.stderr = OutputStream.restored(state["stderr"])
+        if process.tty_master is not None:
+            os.set_inheritable(process.tty_master, False)
+        process.exit_status = state["exit_status"]
+        if state["exited"]:
+            process._exited.set()
+        elif process.exit_status is not None:
+            process._watcher = asyncio.ensure_future(process._finish_output())
+        elif process.pid > 0:
+            process.started(process.pid, reaper)
+        return process
 
     async def release(self) -> None:
         """Forget the process: stop watching it and close every fd the agent holds for it."""

@@ -9,6 +9,7 @@ the write end open.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import fcntl
@@ -16,6 +17,7 @@ import os
 import socket
 import struct
 import termios
+from typing import Any
 
 from pykata.agent.fdready import readable, writable
 
@@ -137,6 +139,56 @@ class OutputStream:
         if self._owns_fd:
             os.close(self._fd)
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """The fd is closed (nothing left to hand over)."""
+        return self._closed
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a restored agent needs to go on (upgrade/state.py): the fd, and output
+        pulled from the kernel but not read yet."""
+        return {
+            "fd": self._fd,
+            "owns_fd": self._owns_fd,
+            "buffer": base64.b64encode(self._buffer).decode(),
+            "eof": self._eof,
+            "closed": self._closed,
+            "finishing": self._limit is None,
+            "read_started": self._read_started,
+            "eof_delivered": self._eof_delivered,
+        }
+
+    def stop(self) -> None:
+        """Stop pulling from the kernel (before the agent hands its state over)."""
+        self._pause()
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> OutputStream:
+        closed = bool(state["closed"])
+        stream = cls.__new__(cls)
+        stream._fd = int(state["fd"])
+        stream._owns_fd = bool(state["owns_fd"])
+        stream._buffer = bytearray(base64.b64decode(state["buffer"]))
+        stream._eof = bool(state["eof"]) or closed
+        stream._closed = closed
+        stream._reading = False
+        stream._read_started = bool(state["read_started"])
+        stream._eof_delivered = bool(state["eof_delivered"])
+        stream._limit = None if state["finishing"] else HIGH_WATER
+        stream._changed = asyncio.Event()
+        stream._loop = asyncio.get_running_loop()
+        if stream._buffer or stream._eof:
+            stream._changed.set()
+        if not closed:
+            os.set_inheritable(stream._fd, False)
+            if stream._limit is None or len(stream._buffer) < stream._limit:
+                stream._resume()
+        return stream
+
 
 class InputStream:
     """The agent's write end of a process's stdin (pipe or pty master)."""
@@ -178,6 +230,25 @@ class InputStream:
         if self._fd is not None and self._owns_fd and not self._tty:
             os.close(self._fd)
         self._fd = None
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"fd": self._fd, "owns_fd": self._owns_fd, "tty": self._tty}
+
+    @classmethod
+    def restored(cls, state: dict[str, Any]) -> InputStream:
+        fd = state["fd"]
+        stream = cls.__new__(cls)
+        stream._fd = None if fd is None else int(fd)
+        stream._owns_fd = bool(state["owns_fd"])
+        stream._tty = bool(state["tty"])
+        stream._lock = asyncio.Lock()
+        if stream._fd is not None:
+            os.set_inheritable(stream._fd, False)
+        return stream
 
 
 def set_window_size(fd: int, rows: int, columns: int) -> None:

@@ -9,6 +9,8 @@ NOT_FOUND instead of EOF.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pykata.agent.errors import InvalidArgument
 from pykata.agent.process.process import Process
 from pykata.agent.process.stdio import OutputStream
@@ -64,6 +66,26 @@ class ProcessTable:
         if not data and self._draining.get(process.exec_id) is process and process.output_drained:
             await self._release(process)
         return data
+
+    def all(self) -> list[Process]:
+        """Live and draining processes."""
+        return [*self._live.values(), *self._draining.values()]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "live": [p.snapshot() for p in self._live.values()],
+            "draining": [p.snapshot() for p in self._draining.values()],
+            "closed": self._closed,
+        }
+
+    @classmethod
+    def restored(cls, state: dict[str, Any], processes: dict[str, Process]) -> ProcessTable:
+        """``processes``: the restored ones by exec id (a container's init is shared)."""
+        table = cls()
+        table._live = {p["exec_id"]: processes[p["exec_id"]] for p in state["live"]}
+        table._draining = {p["exec_id"]: processes[p["exec_id"]] for p in state["draining"]}
+        table._closed = bool(state["closed"])
+        return table
 
     async def release_all(self) -> None:
         """Release every process, live or draining, and any waited for from now on."""

@@ -6,6 +6,8 @@ become wire statuses for all RPCs at once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf.descriptor import ServiceDescriptor
 
 from pykata.agent.rpc.containers import ContainerHandlers
@@ -21,6 +23,17 @@ from pykata.agent.rpc.storages import StorageHandlers
 from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2, health_pb2
 from pykata.ttrpc import Server
+
+if TYPE_CHECKING:
+    from pykata.agent.ops.runtime import AgentRuntime
+    from pykata.agent.upgrade.manager import UpgradeStatus
+
+# The ops channel serves one operator tool or two, never the shim: small limits of its own,
+# so that it neither competes with the agent API's nor is starved by it. Its frames carry
+# upgrade chunks (1 MiB by default).
+OPS_MAX_CONNECTIONS = 8
+OPS_MAX_INFLIGHT = 16
+OPS_MAX_BUFFERED = 16 << 20
 
 
 def services(sandbox: Sandbox) -> list[tuple[ServiceDescriptor, list[Translating]]]:
@@ -48,4 +61,21 @@ def build_server(sandbox: Sandbox) -> Server:
     server = Server()
     for service, handlers in services(sandbox):
         server.register(service, *handlers)
+    return server
+
+
+def build_ops_server(runtime: AgentRuntime, upgrade: UpgradeStatus | None = None) -> Server:
+    """The ops channel's server (pykata.ops.v1.Ops); ``upgrade``: the status an upgraded
+    agent reports. Its modules load here, only when the channel is configured."""
+    from pykata.agent.rpc.ops import OpsHandlers
+    from pykata.agent.upgrade.manager import UpgradeManager
+    from pykata.protocols import ops_pb2
+
+    server = Server(
+        max_connections=OPS_MAX_CONNECTIONS,
+        max_inflight_per_connection=OPS_MAX_INFLIGHT,
+        max_buffered_bytes=OPS_MAX_BUFFERED,
+    )
+    handlers = OpsHandlers(runtime, UpgradeManager(runtime, upgrade))
+    server.register(ops_pb2.DESCRIPTOR.services_by_name["Ops"], Translating(handlers))
     return server

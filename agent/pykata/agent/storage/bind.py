@@ -211,12 +211,19 @@ def _copy_and_watch(source: str, attached: Attached, snapshot: Snapshot) -> None
     mount_at(target, "tmpfs", "tmpfs", 0, f"size={2 * MAX_BYTES},mode=0755")
     attached.mounted = True
     sync(source, target, {}, snapshot)
-    task = asyncio.get_running_loop().create_task(watch(source, target, snapshot))
+    keep_watching(source, attached, snapshot)
+
+
+def keep_watching(source: str, attached: Attached, snapshot: Snapshot) -> None:
+    """Mirror ``source`` into the mount point from now on (also after an upgrade, with an
+    empty snapshot: the first round then copies everything again)."""
+    task = asyncio.get_running_loop().create_task(watch(source, attached.mount_point, snapshot))
 
     def stop() -> None:
         task.cancel()
 
     attached.stop = stop
+    attached.watched = source
 
 
 def attach(spec: StorageSpec, cid: str | None) -> Attached:

@@ -14,6 +14,7 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pykata.agent import beneath, log
 from pykata.agent.device.registry import Devices
@@ -53,6 +54,7 @@ class Attached:
     created: list[str] = field(default_factory=list)  # directories made, deepest first
     remove_tree: bool = False  # the directory's content is the storage itself (local)
     stop: Callable[[], None] | None = None  # ends what keeps running for it (a watcher)
+    watched: str = ""  # the source a watcher mirrors into mount_point (bind.keep_watching)
 
 
 # Block drivers are coroutines: they wait for their disk to appear first.
@@ -272,6 +274,41 @@ class StorageManager:
                     errors.append(exc.message)
             if errors:
                 raise FailedPrecondition("; ".join(errors))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every storage with its reference count and what undoing it takes (in order)."""
+        return [
+            {
+                "mount_point": point,
+                "driver": entry.driver,
+                "refs": entry.refs,
+                "mounted": entry.attached.mounted,
+                "created": entry.attached.created,
+                "remove_tree": entry.attached.remove_tree,
+                "watched": entry.attached.watched,
+            }
+            for point, entry in self._entries.items()
+        ]
+
+    def hand_over(self) -> None:
+        """Stop the watchers (the restored agent starts its own)."""
+        for entry in self._entries.values():
+            if entry.attached.stop is not None:
+                entry.attached.stop()
+
+    def restore(self, entries: list[dict[str, Any]]) -> None:
+        from pykata.agent.storage import bind
+
+        for item in entries:
+            attached = Attached(
+                item["mount_point"],
+                mounted=bool(item["mounted"]),
+                created=list(item["created"]),
+                remove_tree=bool(item["remove_tree"]),
+            )
+            if item["watched"]:
+                bind.keep_watching(item["watched"], attached, {})
+            self._entries[item["mount_point"]] = _Entry(attached, item["driver"], int(item["refs"]))
 
     async def remove_all(self) -> None:
         async with self._lock:
