@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,36 @@ async def test_ops_answers_while_100_reads_are_pending_on_the_agent_api(
     )
     answers = await asyncio.wait_for(asyncio.gather(*reads), 60)
     assert b"".join(a.data for a in answers) == b"done\n"
+
+
+async def ctl(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pykata.host.ctl.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_ctl_ops_verbs(
+    ops_address: str, sleeper: str, agent_process: subprocess.Popen[bytes]
+) -> None:
+    code, out, _ = await ctl("ops", "status", "--server-address", ops_address)
+    status = json.loads(out)
+    assert code == 0 and status["pid"] == agent_process.pid
+    assert sleeper in [c["id"] for c in status["containers"]]
+    code, out, _ = await ctl("ops", "log-level", "--server-address", ops_address, "info")
+    assert code == 0 and json.loads(out) == {"previous": "debug", "level": "info"}
+    code, out, _ = await ctl("ops", "log-level", "--server-address", ops_address, "debug")
+    assert code == 0
+    code, out, _ = await ctl("ops", "dump-state", "--server-address", ops_address)
+    assert code == 0 and json.loads(out)["sandbox"]["id"] == f"ops-{RUN}"
+    code, _, err = await ctl("ops", "log-level", "--server-address", ops_address, "loud")
+    assert code == 1 and "INVALID_ARGUMENT" in err
+    code, _, err = await ctl("ops", "status", "--vm", f"no-such-vm-{RUN}")
+    assert code == 2 and "no running VM" in err

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,38 @@ async def test_a_wheel_crashing_on_restore_rolls_back_with_containers_untouched(
     await counter.lines_beyond(50)
     await counter.finish()
     await pod.remove("steady")
+
+
+async def ctl_upgrade(ops_address: str, wheel: Path, *extra: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pykata.host.ctl.main",
+        "ops",
+        "upgrade",
+        "--server-address",
+        ops_address,
+        str(wheel),
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_kata_agent_ctl_upgrades_from_chunks_and_from_a_guest_path(
+    ops: Any, ops_address: str, wheels: dict[str, Path]
+) -> None:
+    code, out = await ctl_upgrade(ops_address, wheels["v2"])
+    assert code == 0 and "-> 0.1.0+up2" in out
+    assert (await status_of(ops)).agent_version == "0.1.0+up2"
+    # The tests' /tmp is the agent's too, as the shared folder is a guest's.
+    code, out = await ctl_upgrade(ops_address, wheels["v1"], "--guest-path", str(wheels["v1"]))
+    assert code == 0 and "-> 0.1.0+up1" in out
+    code, out = await ctl_upgrade(ops_address, wheels["crash-on-restore"])
+    assert code == 1 and '"phase": "rolled-back"' in out
+    assert (await status_of(ops)).agent_version == "0.1.0+up1"
 
 
 def fd_count(pid: int) -> int:

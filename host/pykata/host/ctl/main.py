@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pykata.host.ctl import ops as ops_cmd
 from pykata.host.ctl import vm_cmd
 from pykata.host.ctl.connect import connect
 from pykata.host.ctl.errors import CtlError, ExitCode, UsageError, rpc_exit_code
@@ -41,6 +42,8 @@ EXAMPLES = """examples:
   kata-agent-ctl run --vm demo --volume data.img:/data ./rootfs -- ls /data
   kata-agent-ctl exec --vm demo --tty CONTAINER_ID -- sh
   kata-agent-ctl logs --vm demo -f
+  kata-agent-ctl ops status --vm demo      # the VM booted with `vm up --ops-port 1027`
+  kata-agent-ctl ops upgrade --vm demo pykata-0.2.0-py3-none-any.whl
 """
 
 
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--time", type=float, default=10.0, help="grace period in seconds")
     commands.add_parser("destroy", parents=[target], help="destroy the sandbox")
     vm_cmd.add_parser(commands)
+    ops_cmd.add_parser(commands, target)
     cmd = commands.add_parser("logs", parents=[target], help="the agent's logs")
     source = cmd.add_mutually_exclusive_group()
     source.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -224,6 +228,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if args.verb == "vm":
         return run_vm_verb(args)
+    if args.verb == "ops":
+        return asyncio.run(ops_cmd.run_ops_verb(args))
     target = vm_target(args.vm) if args.vm else address_target(args.server_address)
     if args.verb == "connect":
         return connect(target.address, args.timeout, args.commands, args.interactive)

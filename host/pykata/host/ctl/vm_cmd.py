@@ -8,6 +8,8 @@ in ``${XDG_RUNTIME_DIR:-/run}/pykata/vms/<name>/vm.json`` for ``--vm NAME`` else
 address; ``run --vm NAME`` gives the guest's NIC the CIDR's address and a default route via
 the tap end before its first container. ``--hotplug-ports N`` adds N empty PCIe root ports
 (recorded in the state file) on which ``run --volume`` hot-plugs disk images.
+``--ops-port P`` boots the agent with ``agent.ops_vport=P`` and records the ops channel's
+address (the same hybrid vsock socket, port P) for ``ops --vm NAME``.
 Exit codes: 0 ok (status: running), 1 status: not (fully) running, 2 usage (unknown VM,
 missing files, already running), 3 the VM failed to come up.
 """
@@ -89,6 +91,13 @@ def add_parser(
         help="N empty PCIe root ports for disks hot-plugged later (`run --volume`), one each",
     )
     up.add_argument(
+        "--ops-port",
+        type=int,
+        default=0,
+        metavar="P",
+        help="serve the agent's ops channel on vsock port P (agent.ops_vport; e.g. 1027)",
+    )
+    up.add_argument(
         "--wait-port",
         type=int,
         default=state.AGENT_PORT,
@@ -159,7 +168,7 @@ async def up(args: argparse.Namespace) -> int:
         name=args.name,
         memory_mib=args.memory,
         cpus=args.cpus,
-        append=args.append,
+        append=f"{args.append} agent.ops_vport={args.ops_port}" if args.ops_port else args.append,
         accel=None if args.accel == "auto" else args.accel,
         detach=True,
         nic=nic,
@@ -177,6 +186,7 @@ async def up(args: argparse.Namespace) -> int:
             pids={**vm.pids, "netns": holder.pid} if holder else vm.pids,
             net=net,
             hotplug_ports=args.hotplug_ports,
+            ops_address=vm.vsock_address(args.ops_port) if args.ops_port else "",
         )
         vm_state.save()
         if args.wait_port:
@@ -191,6 +201,8 @@ async def up(args: argparse.Namespace) -> int:
         return 3
     print(f"VM {args.name} up ({vm.accel}) in {time.monotonic() - t0:.1f}s")
     print(f"  agent:   {vm.agent_address}")
+    if args.ops_port:
+        print(f"  ops:     {vm.vsock_address(args.ops_port)}")
     print(f"  shared:  {shared}")
     print(f"  console: {vm.console_log}")
     if net:

@@ -6,7 +6,8 @@ folder (tag kataShared; laid out like Kata's
 ``/run/kata-containers/shared/sandboxes/<id>/shared``), the console log and the pids (with
 ``netns``, the holder of the NIC's network namespace, for ``vm up --net``), and ``net``: the
 guest NIC's ``mac``, ``address`` (CIDR), ``gateway`` and ``tap`` (empty without a NIC), and
-``hotplug_ports``: how many empty PCIe root ports (``hp0`` at slot 0x10, ...) it has.
+``hotplug_ports``: how many empty PCIe root ports (``hp0`` at slot 0x10, ...) it has, and
+``ops_address``: the agent's ops channel (``vm up --ops-port``; empty without).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class VMState:
     pids: dict[str, int] = field(default_factory=dict)
     net: dict[str, str] = field(default_factory=dict)
     hotplug_ports: int = 0  # empty PCIe root ports for hot-plugged disks (`--volume`)
+    ops_address: str = ""  # the agent's ops channel (docs/ops.md), when booted with one
 
     @property
     def path(self) -> Path:
