@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_wheel import sha256_of
 from upgrade_pod import COUNTER, RPC_TIMEOUT, Counter, Pod
 
+from pykata.host.agent_wheel import sha256_of
 from pykata.host.ctl.ops import send_upgrade, upgrade, wait_outcome
 from pykata.protocols import agent_pb2, health_pb2, ops_pb2
 from pykata.ttrpc import Client

@@ -1,6 +1,6 @@
-"""Agent wheels built from this tree for upgrade tests, demos and benchmarks: the guest
-packages (pykata.agent, .ttrpc, .protocols) with another version, optionally with source
-changes (a broken self-check, a restore that raises)."""
+"""Agent wheels for hot upgrades (docs/ops.md) built from the installed guest packages
+(pykata.agent, .ttrpc, .protocols) with another version, optionally with source changes: for
+the demo, the upgrade benchmark and the tests (a broken self-check, a restore that raises)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-AGENT_TREE = Path(__file__).resolve().parent.parent / "agent"
+import pykata.agent
+
+# The folder holding the guest's pykata package (agent/ in a checkout, site-packages else).
+AGENT_TREE = Path(pykata.agent.__file__).resolve().parent.parent.parent
 PACKAGES = ("pykata/agent", "pykata/ttrpc", "pykata/protocols")
 
 
