@@ -110,6 +110,11 @@ bench-vsock-dials *args: setup
 fuzz *args: setup
     {{python}} tests/bench/bench_fuzz.py {{args}}
 
+# Hot upgrade: pause until Health.Check answers, longest gap in a container's output, RSS
+# before/after; the agent on this host and in a TCG guest (`--no-vm`: host only).
+bench-upgrade *args: setup
+    {{python}} tests/bench/bench_upgrade.py {{args}}
+
 # Soak: N container lifecycles + M execs through the agent; leaked mounts, fds, zombies,
 # threads, cgroups; RSS; rates against runc directly.
 soak *args: setup

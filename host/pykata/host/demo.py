@@ -3,8 +3,9 @@
 Steps, each with a progress line and its time: the initrd (kata-image, cached), a busybox
 rootfs, QEMU boot until Health.Check answers over (hybrid) vsock, CreateSandbox with the
 kataShared virtio-fs, a container on the busybox folder shared over virtio-fs, an exec
-without and one with a terminal, the container's exit, DestroySandbox, which powers the
-guest off.
+without and one with a terminal, a hot upgrade of the agent over its ops channel while the
+container waits for its stdin with a ReadStdout pending (docs/ops.md), the container's exit
+through the new agent, DestroySandbox, which powers the guest off.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from pykata.agent.version import VERSION
 from pykata.builder import build
 from pykata.builder.stages import BuildError, Stages
+from pykata.host.agent_wheel import build_agent_wheel
+from pykata.host.ctl.ops import ops_stub, upgrade
 from pykata.host.ctl.run import HOSTNAME, SHARED_STORAGE
 from pykata.host.ctl.session import Session, open_session
 from pykata.host.ctl.share import share_rootfs, unshare_rootfs
@@ -27,7 +31,7 @@ from pykata.host.ctl.target import Target
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.runner import VM, VMError
 from pykata.host.vm.state import default_shared_dir
-from pykata.protocols import agent_pb2, health_pb2
+from pykata.protocols import agent_pb2, health_pb2, ops_pb2
 from pykata.ttrpc.errors import TtrpcError
 
 NAME = "pykata-demo"
@@ -35,6 +39,9 @@ CONTAINER = "demo"
 BOOT_TIMEOUT = 180.0
 CALL_TIMEOUT = 60.0
 POWER_OFF_TIMEOUT = 60.0
+OPS_PORT = 1027
+# Under TCG the new agent compiles its modules while it starts: give it time.
+UPGRADE_READY_TIMEOUT = 240.0
 LOG = build.Options().output / "demo.log"
 INIT = (
     'echo "hello from busybox in a $(uname -m) guest, kernel $(uname -r)"; '
@@ -85,7 +92,42 @@ async def run_process(session: Session, exec_id: str, terminal: bool) -> int:
     return code
 
 
-async def drive(vm: VM, rootfs: Path, stages: Stages) -> None:
+def pids(status: ops_pb2.StatusResponse) -> dict[str, list[int]]:
+    return {c.id: [p.pid for p in c.processes] for c in status.containers}
+
+
+async def hot_upgrade(vm: VM, session: Session, work: Path) -> None:
+    """Replace the agent while the container runs and a ReadStdout waits on it."""
+    out = Indented()
+    pending = asyncio.ensure_future(read_line(session, out))
+    wheel = build_agent_wheel(work / "wheels", f"{VERSION}+demo")
+    print(f"    new agent: {wheel.name} ({wheel.stat().st_size // 1024} KiB)")
+    async with open_session(vm.vsock_address(OPS_PORT), CALL_TIMEOUT) as ops_session:
+        ops = ops_stub(ops_session.client)
+        before = await ops.Status(ops_pb2.StatusRequest(), timeout=CALL_TIMEOUT)
+        done = await upgrade(
+            ops, wheel, ready_timeout=UPGRADE_READY_TIMEOUT, within=UPGRADE_READY_TIMEOUT + 60
+        )
+        after = await ops.Status(ops_pb2.StatusRequest(), timeout=CALL_TIMEOUT)
+    print(f"    agent {done.from_version} -> {done.to_version}, still pid {after.pid}")
+    print(f"    requests paused {done.pause_seconds:.2f}s (stop reading -> new agent ready)")
+    print(f"    container processes before: {pids(before)}, after: {pids(after)}")
+    print(f"    agent RSS {before.rss_bytes / 2**20:.1f} -> {after.rss_bytes / 2**20:.1f} MiB")
+    version = await session.client.call(
+        "grpc.Health", "Version", health_pb2.CheckRequest(),
+        health_pb2.VersionCheckResponse, timeout=CALL_TIMEOUT,
+    )  # fmt: skip
+    print(f"    Health.Version on the connection opened before: {version.agent_version}")
+    await session.agent(
+        "WriteStdin",
+        agent_pb2.WriteStreamRequest(container_id=CONTAINER, exec_id=CONTAINER, data=b"goodbye\n"),
+        agent_pb2.WriteStreamResponse,
+    )
+    await pending  # the ReadStdout sent before the upgrade, answered by the new agent
+    out.close()
+
+
+async def drive(vm: VM, rootfs: Path, stages: Stages, work: Path) -> None:
     target = Target(address=vm.agent_address, name=NAME, shared_dir=vm.shared_dir, virtio_fs=True)
     with stages.stage(f"boot ({vm.accel}) to the first Health.Check"):
         async with open_session(vm.agent_address, BOOT_TIMEOUT) as probe:
@@ -125,14 +167,9 @@ async def drive(vm: VM, rootfs: Path, stages: Stages) -> None:
         with stages.stage("exec with a terminal"):
             code = await exec_process(session, EXEC_TTY, terminal=True)
             print(f"    exit code {code}")
-        with stages.stage("stdin to the container, its exit"):
-            await session.agent(
-                "WriteStdin",
-                agent_pb2.WriteStreamRequest(
-                    container_id=CONTAINER, exec_id=CONTAINER, data=b"goodbye\n"
-                ),
-                agent_pb2.WriteStreamResponse,
-            )
+        with stages.stage("hot upgrade of the agent mid-container (ops channel)"):
+            await hot_upgrade(vm, session, work)
+        with stages.stage("the container's exit, through the new agent"):
             code = await run_process(session, CONTAINER, terminal=False)
             print(f"    exit code {code}")
             await session.agent_empty(
@@ -170,10 +207,15 @@ async def demo(stages: Stages, work: Path) -> None:
     remove_container_root(shared)  # what an interrupted earlier run may have left
     try:
         async with VM(
-            guest.kernel, guest.artifact, shared_dir=shared, workdir=work / "vm", name=NAME
+            guest.kernel,
+            guest.artifact,
+            shared_dir=shared,
+            workdir=work / "vm",
+            name=NAME,
+            append=f"agent.ops_vport={OPS_PORT}",
         ) as vm:
             try:
-                await drive(vm, rootfs, stages)
+                await drive(vm, rootfs, stages, work)
             except BaseException:
                 print(f"console log (last lines) of {vm.console_log}:", file=sys.stderr)
                 lines = vm.console_log.read_text(errors="replace").splitlines()

@@ -77,6 +77,8 @@ async def test_upgrade_mid_container_loses_nothing(
     assert (after.pid, after.generation, after.agent_version) == (1, 1, "0.1.0+up1")
     assert after.uptime_seconds > before.uptime_seconds
     assert pids_of(after) == pids_of(before)
+    # The new agent starts as lean as the old one (no OpenSSL: ~5 MiB).
+    assert after.rss_bytes < before.rss_bytes + (2 << 20)
     await counter.lines_beyond(50)
     assert not waited.done()
 

@@ -92,3 +92,16 @@ def test_the_agent_serves_exactly_these_rpcs(sandbox: Sandbox) -> None:
 
 def test_the_server_is_built_from_that_wiring(sandbox: Sandbox) -> None:
     assert isinstance(wiring.build_server(sandbox), Server)
+
+
+def test_the_ops_channel_serves_every_ops_rpc(sandbox: Sandbox) -> None:
+    from pykata.agent.ops.runtime import AgentRuntime
+
+    runtime = AgentRuntime(AgentConfig(), sandbox, sandbox.reaper, wiring.build_server(sandbox))
+    routed = ServiceSet()
+    for service, handlers in wiring.ops_services(runtime):
+        routed.register(service, *handlers)
+    assert {name: set(methods) for name, methods in routed.services.items()} == {
+        "pykata.ops.v1.Ops": {"Status", "SetLogLevel", "DumpState", "Upgrade", "UpgradeStatus"}
+    }
+    assert isinstance(wiring.build_ops_server(runtime), Server)

@@ -64,18 +64,25 @@ def build_server(sandbox: Sandbox) -> Server:
     return server
 
 
-def build_ops_server(runtime: AgentRuntime, upgrade: UpgradeStatus | None = None) -> Server:
-    """The ops channel's server (pykata.ops.v1.Ops); ``upgrade``: the status an upgraded
+def ops_services(
+    runtime: AgentRuntime, upgrade: UpgradeStatus | None = None
+) -> list[tuple[ServiceDescriptor, list[Translating]]]:
+    """The ops channel's service (pykata.ops.v1.Ops); ``upgrade``: the status an upgraded
     agent reports. Its modules load here, only when the channel is configured."""
     from pykata.agent.rpc.ops import OpsHandlers
     from pykata.agent.upgrade.manager import UpgradeManager
     from pykata.protocols import ops_pb2
 
+    handlers = OpsHandlers(runtime, UpgradeManager(runtime, upgrade))
+    return [(ops_pb2.DESCRIPTOR.services_by_name["Ops"], [Translating(handlers)])]
+
+
+def build_ops_server(runtime: AgentRuntime, upgrade: UpgradeStatus | None = None) -> Server:
     server = Server(
         max_connections=OPS_MAX_CONNECTIONS,
         max_inflight_per_connection=OPS_MAX_INFLIGHT,
         max_buffered_bytes=OPS_MAX_BUFFERED,
     )
-    handlers = OpsHandlers(runtime, UpgradeManager(runtime, upgrade))
-    server.register(ops_pb2.DESCRIPTOR.services_by_name["Ops"], Translating(handlers))
+    for service, handlers in ops_services(runtime, upgrade):
+        server.register(service, *handlers)
     return server

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pykata.agent import log, pid1
-from pykata.agent.upgrade import state as upgrade_state
 
 logger = log.get("upgrade")
 
@@ -51,6 +50,10 @@ class Restored:
 def run(state_fd: int, ready_fd: int, rolled_back: str) -> int:
     from pykata.agent import main
 
+    # Before anything imports asyncio (the state module does): keep OpenSSL out, as at boot.
+    daemon = main.serving_module()
+    from pykata.agent.upgrade import state as upgrade_state
+
     state = upgrade_state.from_fd(state_fd)
     config = upgrade_state.restored_config(state)
     log.setup(int(state["log_level"]), log_vport=config.log_vport)
@@ -60,7 +63,6 @@ def run(state_fd: int, ready_fd: int, rolled_back: str) -> int:
     )
     if not pid1.is_pid1():
         pid1.set_child_subreaper()
-    daemon = main.serving_module()
     restored = Restored(state, rolled_back, Readiness(ready_fd, state_fd))
     code = int(daemon.run(config, restored))
     if not pid1.is_pid1():
