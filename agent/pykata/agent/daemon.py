@@ -112,6 +112,8 @@ async def serve(config: AgentConfig, restored: Restored | None = None) -> None:
 
         restored.readiness.report()
         logger.info("upgrade: serving", extra={"pause_seconds": round(restored.pause, 4)})
+        # Its copies of the output buffers and requests are the objects' own now.
+        restored.state.clear()
         package.prune(keep=package.running_code())
     # Once, in the background: the first CreateContainer awaits it, no request runs it.
     sandbox.start_runtime_probe()

@@ -440,11 +440,6 @@ class Sandbox:
     def fds(self) -> list[int]:
         return [fd for c in self.containers.values() for fd in c.fds()]
 
-    async def hand_over(self) -> None:
-        for container in self.containers.values():
-            await container.hand_over()
-        self.storages.hand_over()
-
     def restore(self, state: dict[str, Any]) -> None:
         from pykata.agent.container.runtime import OciRuntime
 

@@ -410,13 +410,6 @@ class Container:
     def fds(self) -> list[int]:
         return [fd for process in self._processes.all() for fd in process.fds()]
 
-    async def hand_over(self) -> None:
-        """Stop the watchers whose work the restored agent takes over (the reaper's
-        statuses and the pipes stay with the kernel meanwhile)."""
-        await self._stop_oom_watch()
-        for process in self._processes.all():
-            process.stop_output()
-
     @classmethod
     def restored(
         cls,

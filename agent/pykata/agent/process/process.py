@@ -174,11 +174,6 @@ class Process:
                 fds.append(stream.fd)
         return fds
 
-    def stop_output(self) -> None:
-        for stream in (self.stdout, self.stderr):
-            if stream is not None:
-                stream.stop()
-
     @classmethod
     def restored(cls, state: dict[str, Any], reaper: Reaper) -> Process:
         """Go on where the previous agent stopped: watch a live pid, or finish the output of

@@ -162,10 +162,6 @@ class OutputStream:
             "eof_delivered": self._eof_delivered,
         }
 
-    def stop(self) -> None:
-        """Stop pulling from the kernel (before the agent hands its state over)."""
-        self._pause()
-
     @classmethod
     def restored(cls, state: dict[str, Any]) -> OutputStream:
         closed = bool(state["closed"])

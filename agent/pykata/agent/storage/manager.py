@@ -290,12 +290,6 @@ class StorageManager:
             for point, entry in self._entries.items()
         ]
 
-    def hand_over(self) -> None:
-        """Stop the watchers (the restored agent starts its own)."""
-        for entry in self._entries.values():
-            if entry.attached.stop is not None:
-                entry.attached.stop()
-
     def restore(self, entries: list[dict[str, Any]]) -> None:
         from pykata.agent.storage import bind
 

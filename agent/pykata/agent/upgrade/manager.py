@@ -4,7 +4,6 @@ what UpgradeStatus reports (carried across the switch in the state)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,12 +131,6 @@ class UpgradeManager:
         except Exception as exc:
             logger.exception("upgrade failed")
             self._status.phase, self._status.message = "failed", str(exc)
-
-    async def close(self) -> None:
-        if self._switching is not None:
-            self._switching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._switching
 
 
 def restored_status(
