@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -65,11 +66,19 @@ class Kata:
         )
 
 
-def start_stack(guest: build.Result, work: Path, debug: bool = False) -> Kata:
-    """containerd with the Kata shim configured for `guest`, the busybox image imported."""
+def start_stack(
+    guest: build.Result, work: Path, debug: bool = False, kernel_params: str = ""
+) -> Kata:
+    """containerd with the Kata shim configured for `guest`, the busybox image imported;
+    ``kernel_params``: more guest kernel parameters (e.g. agent.ops_vport=1027)."""
     config = work / "configuration.toml"
     artifacts = kataconfig.Artifacts(guest.kernel, "initrd", guest.artifact)
-    config.write_text(kataconfig.configuration(artifacts, kataconfig.tools_dir(), debug=debug))
+    text = kataconfig.configuration(artifacts, kataconfig.tools_dir(), debug=debug)
+    if kernel_params:
+        if 'kernel_params = ""' not in text:
+            raise RuntimeError("the generated configuration has no empty kernel_params line")
+        text = text.replace('kernel_params = ""', f"kernel_params = {json.dumps(kernel_params)}")
+    config.write_text(text)
     daemon = Containerd(work / "containerd", [shim_dir()], {"KATA_CONF_FILE": str(config)})
     daemon.start()
     try:
