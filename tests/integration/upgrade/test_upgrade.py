@@ -21,7 +21,7 @@ from pykata.host.agent_wheel import sha256_of
 from pykata.host.ctl.ops import send_upgrade, upgrade, wait_outcome
 from pykata.protocols import agent_pb2, health_pb2, ops_pb2
 from pykata.ttrpc import Client
-from pykata.ttrpc.errors import FailedPrecondition
+from pykata.ttrpc.errors import FailedPrecondition, InvalidArgument
 
 pytestmark = pytest.mark.root
 
@@ -95,6 +95,40 @@ async def test_upgrade_mid_container_loses_nothing(
     for cid in ("counter", "waiter"):
         await pod.remove(cid)
     assert versions_dir(init_pid) == [sha256_of(wheels["v1"])]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "error", "message"),
+    [
+        ({"sha256": "xyz", "commit": True}, InvalidArgument, "64 hex digits"),
+        (
+            {"sha256": "a" * 64, "size": 10, "offset": 5, "data": b"x"},
+            FailedPrecondition,
+            "offset 0",
+        ),
+        ({"sha256": "a" * 64, "size": 0, "data": b"x"}, InvalidArgument, "size must be"),
+        ({"sha256": "a" * 64, "commit": True}, FailedPrecondition, "nothing uploaded"),
+        ({"sha256": "a" * 64, "path": "rel.whl", "commit": True}, InvalidArgument, "absolute"),
+        (
+            {"sha256": "a" * 64, "path": "/nonexistent.whl", "commit": True},
+            FailedPrecondition,
+            "no file",
+        ),
+        (
+            {"sha256": "a" * 64, "size": 3, "data": b"abc", "commit": True},
+            InvalidArgument,
+            "mismatch",
+        ),
+    ],
+)
+async def test_bad_upgrade_requests_are_refused_and_the_agent_serves_on(
+    ops: Any, request_fields: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    before = await status_of(ops)
+    with pytest.raises(error, match=message):
+        await ops.Upgrade(ops_pb2.UpgradeRequest(**request_fields), timeout=RPC_TIMEOUT)
+    after = await status_of(ops)
+    assert (after.generation, after.agent_version) == (before.generation, before.agent_version)
 
 
 async def test_a_wheel_failing_its_self_check_is_refused_before_the_switch(
