@@ -110,9 +110,9 @@ class _Connection(asyncio.Protocol):
         self._max_inflight = server._max_inflight
         self._decoder = FrameDecoder(budget=server._budget)
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        # The request of each in-flight stream (Request bytes), its service and method: what
-        # a hand-over to another process re-dispatches there.
-        self._requests: dict[int, tuple[str, bytes]] = {}
+        # Service, method and Request bytes of each in-flight stream: what a hand-over to
+        # another process re-dispatches there.
+        self._requests: dict[int, tuple[str, str, bytes]] = {}
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
         self._loop = asyncio.get_running_loop()
@@ -162,7 +162,8 @@ class _Connection(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None:
+        # Not while the server holds every connection paused (a hand-over being prepared).
+        if self._transport is not None and not self._server._paused:
             self._transport.resume_reading()
 
     def abort(self) -> None:
@@ -288,7 +289,7 @@ class _Connection(asyncio.Protocol):
             self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
         )
         if not task.done():
-            self._requests[stream_id] = (f"{request.service}/{request.method}", payload)
+            self._requests[stream_id] = (request.service, request.method, payload)
         return task
 
     async def _run(self, stream_id: int, method: Method, payload: bytes, timeout_nano: int) -> None:
@@ -357,7 +358,7 @@ class _Connection(asyncio.Protocol):
             self._decoder.partial()
         except ValueError:
             busy = 1
-        busy += sum(1 for route, _ in self._requests.values() if route not in resumable)
+        busy += sum(1 for s, m, _ in self._requests.values() if f"{s}/{m}" not in resumable)
         if self._writer is not None and self._writer.queued:
             busy += 1
         return busy + self._transport.get_write_buffer_size()
@@ -375,8 +376,12 @@ class _Connection(asyncio.Protocol):
             "fd": fd,
             "partial": base64.b64encode(self._decoder.partial()).decode(),
             "pending": [
-                {"stream_id": sid, "route": route, "request": base64.b64encode(raw).decode()}
-                for sid, (route, raw) in self._requests.items()
+                {
+                    "stream_id": sid,
+                    "route": f"{service}/{method}",
+                    "request": base64.b64encode(raw).decode(),
+                }
+                for sid, (service, method, raw) in self._requests.items()
             ],
         }
 
