@@ -120,7 +120,7 @@ async def ops(ops_address: str, agent_process: subprocess.Popen[bytes]) -> Async
 
 @pytest.fixture(scope="module")
 def wheels(work_dir: Path) -> dict[str, Path]:
-    """Agents of this tree at other versions; three broken on purpose."""
+    """Agents of this tree at other versions; four broken on purpose."""
     out = work_dir / "wheels"
     return {
         "v1": build_agent_wheel(out, "0.1.0+up1"),
@@ -137,6 +137,16 @@ def wheels(work_dir: Path) -> dict[str, Path]:
                 "pykata/agent/upgrade/restore.py": (
                     "    state = upgrade_state.from_fd(state_fd)\n",
                     "    raise RuntimeError('broken on purpose')\n",
+                )
+            },
+        ),
+        "hang-on-restore": build_agent_wheel(
+            out,
+            "0.1.0+hang",
+            {
+                "pykata/agent/upgrade/restore.py": (
+                    "    state = upgrade_state.from_fd(state_fd)\n",
+                    "    time.sleep(3600)\n    state = upgrade_state.from_fd(state_fd)\n",
                 )
             },
         ),

@@ -201,6 +201,27 @@ async def test_kata_agent_ctl_upgrades_from_chunks_and_from_a_guest_path(
     assert (await status_of(ops)).agent_version == "0.1.0+up1"
 
 
+async def test_a_new_agent_not_ready_in_time_is_replaced_by_the_previous_one(
+    pod: Pod, ops: Any, wheels: dict[str, Path]
+) -> None:
+    await pod.start("patient", ["sh", "-c", COUNTER])
+    counter = Counter(pod, "patient")
+    await counter.lines_beyond(20)
+    before = await status_of(ops)
+    await send_upgrade(ops, wheels["hang-on-restore"].read_bytes(), ready_timeout=3)
+    status = await wait_outcome(ops, UPGRADE_WITHIN)
+    assert (status.phase, status.message) == (
+        "rolled-back",
+        "the new agent was not ready within 3s",
+    )
+    after = await status_of(ops)
+    assert (after.agent_version, after.generation) == (before.agent_version, before.generation)
+    assert pids_of(after) == pids_of(before)
+    await counter.lines_beyond(20)
+    await counter.finish()
+    await pod.remove("patient")
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
