@@ -40,6 +40,9 @@ async def drain(runtime: AgentRuntime) -> None:
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while True:
         await asyncio.sleep(DRAIN_POLL)
+        if runtime.sandbox.destroyed.is_set():
+            # DestroySandbox was answered meanwhile: the agent is stopping, nothing to hand on.
+            raise FailedPrecondition("the sandbox was destroyed: upgrade called off")
         busy = runtime.sandbox.busy()
         unsettled = sum(s.unsettled(upgrade_state.RESUMABLE) for s in servers)
         if not busy and not unsettled:
