@@ -233,3 +233,20 @@ def test_network_stats(tmp_path: Path) -> None:
         3,
         4,
     )
+
+
+async def test_v2_oom_watch_handed_over_keeps_a_kill_that_happened_meanwhile(
+    v2_root: Path,
+) -> None:
+    events = v2_root / "kata/c1/memory.events"
+    cgroup = CgroupV2("kata/c1", v2_root)
+    watch = cgroup.open_oom_notifier()
+    state = watch.snapshot()
+    # Between the snapshot and the adoption (the upgrade's exec): the kernel counts a kill.
+    events.write_text("low 0\nhigh 3\nmax 9\noom 2\noom_kill 2\n")
+    adopted = cgroup.adopt_oom_notifier(state)
+    try:
+        assert adopted.fd == watch.fd
+        assert await asyncio.wait_for(adopted.wait(), 5) == 1
+    finally:
+        adopted.close()

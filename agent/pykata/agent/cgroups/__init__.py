@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pykata.agent.cgroups.v1 import CgroupV1
-from pykata.agent.cgroups.v2 import CgroupV2
+from pykata.agent.cgroups.v1 import CgroupV1, OomEventFd
+from pykata.agent.cgroups.v2 import CgroupV2, OomKillWatch
 
 Cgroup = CgroupV1 | CgroupV2
+OomNotifier = OomEventFd | OomKillWatch
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Every container cgroup lives below this one: the spec's cgroupsPath is placed under it.

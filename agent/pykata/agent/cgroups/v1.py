@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 from pykata.agent.cgroups.stats import (
     UNLIMITED,
@@ -190,6 +191,9 @@ class CgroupV1:
     def open_oom_notifier(self) -> OomEventFd:
         return OomEventFd(self.dir("memory"))
 
+    def adopt_oom_notifier(self, state: dict[str, Any]) -> OomEventFd:
+        return OomEventFd.adopt(self.dir("memory"), state)
+
     def remove(self) -> None:
         for d in self.directories():
             with contextlib.suppress(FileNotFoundError):
@@ -224,3 +228,16 @@ class OomEventFd:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The eventfd: kept across an upgrade's exec, its registration and any count the
+        kernel adds meanwhile stay."""
+        return {"fd": self.fd}
+
+    @classmethod
+    def adopt(cls, memory_dir: Path, state: dict[str, Any]) -> OomEventFd:
+        watch = cls.__new__(cls)
+        watch.memory_dir = memory_dir
+        watch.fd = int(state["fd"])
+        os.set_inheritable(watch.fd, False)
+        return watch

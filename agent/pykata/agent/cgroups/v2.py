@@ -7,6 +7,7 @@ import contextlib
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 from pykata.agent.cgroups.stats import (
     UNLIMITED,
@@ -164,6 +165,9 @@ class CgroupV2:
     def open_oom_notifier(self) -> OomKillWatch:
         return OomKillWatch(self.dir)
 
+    def adopt_oom_notifier(self, state: dict[str, Any]) -> OomKillWatch:
+        return OomKillWatch.adopt(self.dir, state)
+
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.dir.rmdir()
@@ -200,6 +204,20 @@ class OomKillWatch:
 
     def close(self) -> None:
         os.close(self.fd)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The inotify fd (kept across an upgrade's exec: kills meanwhile stay queued on it)
+        and the kills reported so far."""
+        return {"fd": self.fd, "seen": self._seen}
+
+    @classmethod
+    def adopt(cls, cgroup_dir: Path, state: dict[str, Any]) -> OomKillWatch:
+        watch = cls.__new__(cls)
+        watch.events = cgroup_dir / "memory.events"
+        watch.fd = int(state["fd"])
+        os.set_inheritable(watch.fd, False)
+        watch._seen = int(state["seen"])
+        return watch
 
 
 def _ignored(data: bytes) -> bool:

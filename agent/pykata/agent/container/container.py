@@ -12,7 +12,7 @@ from typing import Any
 
 from pykata.agent import log
 from pykata.agent.blocking import bounded
-from pykata.agent.cgroups import Cgroup, open_cgroup
+from pykata.agent.cgroups import Cgroup, OomNotifier, open_cgroup
 from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.runtime import STATE_ROOT, OciRuntime, RuntimeFailure
 from pykata.agent.container.spec import process_defaults
@@ -70,6 +70,7 @@ class Container:
         self.init: Process | None = None
         self._processes = ProcessTable()
         self._oom_task: asyncio.Task[None] | None = None
+        self._oom_notifier: OomNotifier | None = None
         self._init_tracker: asyncio.Future[None] | None = None
         # Set once the cgroup was checked absent and handed to the runtime to make: only a
         # cgroup the agent created is ever frozen, signalled or removed.
@@ -157,27 +158,34 @@ class Container:
             raise
         await _until_exec(self.init, runtime_exe)
 
-    def _watch_oom(self, on_oom: Callable[[str], None]) -> None:
-        try:
-            notifier = self.cgroup.open_oom_notifier()
-        except OSError as exc:
-            logger.warning(
-                "no OOM events for container", extra={"container": self.id, "error": str(exc)}
-            )
-            return
+    def _watch_oom(
+        self, on_oom: Callable[[str], None], notifier: OomNotifier | None = None
+    ) -> None:
+        """Report every OOM kill in the container; ``notifier``: one carried over an upgrade."""
+        if notifier is None:
+            try:
+                notifier = self.cgroup.open_oom_notifier()
+            except OSError as exc:
+                logger.warning(
+                    "no OOM events for container", extra={"container": self.id, "error": str(exc)}
+                )
+                return
+        watched = notifier
 
         async def watch() -> None:
             try:
                 while True:
-                    count = await notifier.wait()
+                    count = await watched.wait()
                     if count == 0:
                         return
                     logger.info("OOM in container", extra={"container": self.id})
                     for _ in range(count):
                         on_oom(self.id)
             finally:
-                notifier.close()
+                watched.close()
+                self._oom_notifier = None
 
+        self._oom_notifier = notifier
         self._oom_task = asyncio.ensure_future(watch())
 
     async def _stop_oom_watch(self) -> None:
@@ -401,14 +409,15 @@ class Container:
             "state": self.state.value,
             "init": None if self.init is None else self.init.snapshot(),
             "processes": self._processes.snapshot(),
-            "oom_watch": self._oom_task is not None and not self._oom_task.done(),
+            "oom": None if self._oom_notifier is None else self._oom_notifier.snapshot(),
             "owns_cgroup": self.owns_cgroup,
             "torn_down": sorted(self._torn_down),
             "destroyed": self.destroyed,
         }
 
     def fds(self) -> list[int]:
-        return [fd for process in self._processes.all() for fd in process.fds()]
+        fds = [fd for process in self._processes.all() for fd in process.fds()]
+        return fds if self._oom_notifier is None else [*fds, self._oom_notifier.fd]
 
     @classmethod
     def restored(
@@ -446,8 +455,9 @@ class Container:
         container.owns_cgroup = bool(state["owns_cgroup"])
         container._torn_down = set(state["torn_down"])
         container.destroyed = bool(state["destroyed"])
-        if state["oom_watch"]:
-            container._watch_oom(on_oom)
+        if state["oom"] is not None:
+            # The same fd: an OOM kill while the agents switched is still queued on it.
+            container._watch_oom(on_oom, container.cgroup.adopt_oom_notifier(state["oom"]))
         return container
 
     async def _remove_storages(self) -> None:

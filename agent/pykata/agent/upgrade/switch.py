@@ -3,8 +3,8 @@ new code through ``execve`` in this very process.
 
 The pid stays (PID 1 stays init, containers stay our children); what must survive the exec
 is made inheritable (the listening sockets, every open connection, the processes' stdio and
-pty fds, the state memfd) and the rest closes with it. The new code starts under the
-*previous* code's boot.py (the known-good code keeps control of the readiness deadline:
+pty fds, the OOM notifiers, the state memfd) and the rest closes with it. The new code starts
+under the *previous* code's boot.py (the known-good code keeps control of the readiness deadline:
 signal handlers do not survive execve, and PID 1 gets no default-fatal signals).
 """
 
