@@ -1,6 +1,6 @@
 """The first code an upgrade's execve runs, from the *previous* agent's tree (known good):
-``python -P boot.py --code DIR --state FD [--previous DIR --ready R,W --deadline S]
-[--rolled-back REASON]``.
+``python FLAGS boot.py --code DIR --path JSON --state FD [--previous DIR --ready R,W
+--deadline S] [--rolled-back REASON]``, FLAGS and ``--path`` (sys.path) as the agent ran.
 
 It imports nothing of pykata itself, puts ``--code`` first on sys.path and runs that code's
 ``pykata.agent.upgrade.restore``. With ``--previous`` it guards the new code: if the restore
@@ -19,6 +19,8 @@ import sys
 import threading
 
 _rolling_back = threading.Lock()
+# --path as given (JSON), passed on to a rollback.
+_library_path = "[]"
 
 
 def _options(argv: list[str]) -> dict[str, str]:
@@ -47,8 +49,10 @@ def rollback(previous: str, state_fd: int, reason: str) -> None:
             pass
         _keep_fds(state_fd)
         boot = os.path.join(previous, "pykata", "agent", "upgrade", "boot.py")
-        argv = [sys.executable, "-P", boot, "--code", previous, "--state", str(state_fd)]
-        os.execv(sys.executable, [*argv, "--rolled-back", reason[:2000]])
+        # The interpreter and its flags as this process was started.
+        python = sys.orig_argv[: sys.orig_argv.index(sys.argv[0])]
+        argv = [*python, boot, "--code", previous, "--path", _library_path]
+        os.execv(sys.executable, [*argv, "--state", str(state_fd), "--rolled-back", reason[:2000]])
 
 
 def _watch(ready: int, deadline: float, previous: str, state_fd: int) -> None:
@@ -73,7 +77,10 @@ def main(argv: list[str]) -> None:
         threading.Thread(
             target=_watch, args=(ready_r, deadline, previous, state_fd), daemon=True
         ).start()
-    sys.path.insert(0, code)
+    global _library_path
+    _library_path = options["path"]
+    path = json.loads(_library_path)
+    sys.path[:] = [code, *path, *(p for p in sys.path if p and p not in path)]
     try:
         from pykata.agent.upgrade import restore
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath
 import pykata.agent
 from pykata.agent.errors import FailedPrecondition, InvalidArgument
 from pykata.agent.reaper import Reaper
+from pykata.agent.upgrade import interpreter
 
 ROOT = Path("/run/kata-agent")
 VERSIONS = ROOT / "versions"
@@ -135,15 +135,19 @@ class SelfCheck:
     state_formats: list[int]
 
 
+# argv: the new code's folder, the library path (JSON).
 SELF_CHECK = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "import json, sys; path = json.loads(sys.argv[2]); "
+    "sys.path[:] = [sys.argv[1], *path, *(p for p in sys.path if p and p not in path)]; "
     "from pykata.agent.main import main; sys.exit(main(['--self-check']))"
 )
 
 
 async def self_check(code: Path, reaper: Reaper) -> SelfCheck:
-    """Run the new code's own check in a child process (imports, config, versions)."""
-    argv = [sys.executable, "-P", "-c", SELF_CHECK, str(code)]
+    """Run the new code's own check in a child process started as the agent was (imports,
+    config, versions)."""
+    path = interpreter.library_path(running_code())
+    argv = [*interpreter.argv(), "-c", SELF_CHECK, str(code), path]
     try:
         status, out, err = await reaper.run(argv, timeout=SELF_CHECK_TIMEOUT)
     except TimeoutError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 from pykata.agent import log
 from pykata.agent.errors import FailedPrecondition, Internal
 from pykata.agent.ops.runtime import AgentRuntime
+from pykata.agent.upgrade import interpreter
 from pykata.agent.upgrade import state as upgrade_state
 from pykata.agent.upgrade.package import running_code
 
@@ -80,11 +81,12 @@ def execute(
     for fd in (memfd, ready_r, ready_w):
         os.set_inheritable(fd, True)
     argv = [
-        sys.executable,
-        "-P",
+        *interpreter.argv(),
         str(BOOT),
         "--code",
         str(code),
+        "--path",
+        interpreter.library_path(running_code()),
         "--previous",
         str(running_code()),
         "--state",
