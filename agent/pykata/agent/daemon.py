@@ -7,7 +7,7 @@ import signal
 
 from google.protobuf.internal import api_implementation
 
-from pykata.agent import log, pid1
+from pykata.agent import bootclock, log, pid1
 from pykata.agent.config import AgentConfig
 from pykata.agent.libc import libc
 from pykata.agent.reaper import Reaper
@@ -57,7 +57,11 @@ async def serve(config: AgentConfig) -> None:
     await _listen(ttrpc_server, config.server_addr)
     # The protobuf backend is logged because a guest without libstdc++ silently falls back
     # from upb to pure Python (slower, ~3 MiB more memory).
-    ready = {"address": config.server_addr, "protobuf": api_implementation.Type()}
+    ready = {
+        "address": config.server_addr,
+        "protobuf": api_implementation.Type(),
+        "uptime": bootclock.uptime(),
+    }
     logger.info("agent ready", extra=ready)
     # Once, in the background: the first CreateContainer awaits it, no request runs it.
     sandbox.start_runtime_probe()

@@ -18,8 +18,8 @@ import sys
 import time
 from types import ModuleType
 
+from pykata.agent import bootclock, lazyimport, log, pid1
 from pykata.agent import config as agent_config
-from pykata.agent import lazyimport, log, pid1
 from pykata.agent.config import AgentConfig
 from pykata.agent.version import API_VERSION, VERSION
 
@@ -67,6 +67,8 @@ def announce(config: AgentConfig) -> None:
             "agent-type": "python",
             "init-daemon": pid1.is_pid1(),
             "config": config.public(),
+            "uptime": bootclock.uptime(),
+            "exec-uptime": bootclock.exec_uptime(),
         },
     )
 
