@@ -11,8 +11,7 @@ from pykata.agent import bootclock, log, pid1
 from pykata.agent.config import AgentConfig
 from pykata.agent.libc import libc
 from pykata.agent.reaper import Reaper
-from pykata.agent.rpc.wiring import build_server
-from pykata.agent.sandbox import Sandbox
+from pykata.agent.rpc import wiring
 from pykata.ttrpc import Server
 
 logger = log.get("main")
@@ -47,8 +46,7 @@ def release_startup_memory() -> None:
 async def serve(config: AgentConfig) -> None:
     reaper = Reaper()
     reaper.start()
-    sandbox = Sandbox(config, reaper)
-    ttrpc_server = build_server(sandbox)
+    ttrpc_server = wiring.health_server()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if not pid1.is_pid1():
@@ -63,6 +61,8 @@ async def serve(config: AgentConfig) -> None:
         "uptime": bootclock.uptime(),
     }
     logger.info("agent ready", extra=ready)
+    sandbox = await wiring.serve_agent(ttrpc_server, config, reaper)
+    logger.info("agent services ready", extra={"uptime": bootclock.uptime()})
     # Once, in the background: the first CreateContainer awaits it, no request runs it.
     sandbox.start_runtime_probe()
     release_startup_memory()

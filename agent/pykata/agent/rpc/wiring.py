@@ -1,51 +1,46 @@
-"""The ttRPC server with every service the agent answers wired in.
+"""The agent's ttRPC server, wired in two steps so that it serves before it is all loaded.
 
-Every handler object goes through status.Translating here: that is how the agent's errors
-become wire statuses for all RPCs at once.
+First grpc.Health, with little imported: the agent listens and answers health checks (the
+shim's first calls) at once. Then the rest of the agent (rpc/agent_service.py: every handler,
+the sandbox and all it uses; most of the agent's start-up under TCG) is imported in a thread
+while the event loop keeps answering; requests for AgentService that arrive meanwhile wait
+for it instead of answering UNIMPLEMENTED. Nothing else imports the RPC handlers.
 """
 
 from __future__ import annotations
 
-from google.protobuf.descriptor import ServiceDescriptor
+import asyncio
+import importlib
+from typing import TYPE_CHECKING
 
-from pykata.agent.rpc.containers import ContainerHandlers
-from pykata.agent.rpc.files import FileHandlers
-from pykata.agent.rpc.guest import GuestHandlers
+from pykata.agent.config import AgentConfig
+from pykata.agent.reaper import Reaper
 from pykata.agent.rpc.health import HealthHandlers
-from pykata.agent.rpc.metrics import MetricsHandlers
-from pykata.agent.rpc.network import NetworkHandlers
-from pykata.agent.rpc.processes import ProcessHandlers
-from pykata.agent.rpc.sandbox import SandboxHandlers
 from pykata.agent.rpc.status import Translating
-from pykata.agent.rpc.storages import StorageHandlers
-from pykata.agent.sandbox import Sandbox
-from pykata.protocols import agent_pb2, health_pb2
+from pykata.protocols import health_pb2
 from pykata.ttrpc import Server
 
+if TYPE_CHECKING:
+    from pykata.agent.sandbox import Sandbox
 
-def services(sandbox: Sandbox) -> list[tuple[ServiceDescriptor, list[Translating]]]:
-    """Each service the agent answers, with the handler objects that serve it."""
-    agent = [
-        SandboxHandlers(sandbox),
-        GuestHandlers(sandbox),
-        FileHandlers(),
-        StorageHandlers(sandbox),
-        MetricsHandlers(),
-        NetworkHandlers(sandbox),
-        ContainerHandlers(sandbox),
-        ProcessHandlers(sandbox),
-    ]
-    return [
-        (health_pb2.DESCRIPTOR.services_by_name["Health"], [Translating(HealthHandlers())]),
-        (
-            agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
-            [Translating(handlers) for handlers in agent],
-        ),
-    ]
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+AGENT_SERVICE_MODULE = "pykata.agent.rpc.agent_service"
 
 
-def build_server(sandbox: Sandbox) -> Server:
+def health_server() -> Server:
+    """A server answering grpc.Health, its other services to come (serve_agent)."""
     server = Server()
-    for service, handlers in services(sandbox):
-        server.register(service, *handlers)
+    server.defer_routing()
+    server.register(HEALTH, Translating(HealthHandlers()))
     return server
+
+
+async def serve_agent(server: Server, config: AgentConfig, reaper: Reaper) -> Sandbox:
+    """Import the rest of the agent off the event loop, route AgentService to it."""
+    try:
+        module = await asyncio.to_thread(importlib.import_module, AGENT_SERVICE_MODULE)
+        sandbox: Sandbox = module.serve(server, config, reaper)
+    finally:
+        # Waiting requests are answered either way (UNIMPLEMENTED if this failed).
+        server.routing_complete()
+    return sandbox
