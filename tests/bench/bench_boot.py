@@ -169,7 +169,7 @@ def report(
         print()
         print(split)
     for s in summaries:
-        off = s.checks.get("exec_vs_run_init")
+        off = s.run_init.get("exec_vs_run_init")
         if off is not None and abs(off) > EXEC_TOLERANCE:
             print(
                 f"\nwarning ({s.kernel}): the announce line's exec-uptime is {off:+.2f} s off "
@@ -178,6 +178,11 @@ def report(
                 "/proc/self/stat is when the kernel made its init task, before the initramfs "
                 "was unpacked, not the exec)."
             )
+    if not verbose:
+        print(
+            "\n/init exec is kernel start + the announce line's exec-uptime; "
+            '--verbose-console checks it against the kernel\'s "Run /init" line.'
+        )
     if verbose:
         print(
             "\nverbose console: the kernel's lines go out through an emulated UART under TCG, "

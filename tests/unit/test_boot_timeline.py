@@ -116,7 +116,7 @@ def test_timeline_places_the_guest_clock_on_the_hosts() -> None:
     assert t.at["ready"] == pytest.approx(8.673)
     assert (t.at["health"], t.at["sandbox"]) == pytest.approx((8.9, 9.0))
     assert t.drift == pytest.approx(0.0)
-    assert t.marks == {} and t.checks() == {}
+    assert t.marks == {} and t.run_init() == {}
     phases = t.phases()
     assert list(phases) == list(BOUNDARIES)
     assert phases["announce"] == pytest.approx(6.78 - 0.21)
@@ -143,13 +143,16 @@ def test_verbose_console_marks_split_kernel_start_to_init() -> None:
     }
     assert t.marks_arrived["run_init"] == pytest.approx(0.25 + 3.449154 + 0.003)
     # This agent's exec-uptime (0.21 s) is PID 1's task start, 3.24 s before "Run /init".
-    checks = t.checks()
-    assert checks["exec_vs_run_init"] == pytest.approx(0.21 - 3.449154)
-    assert checks["kernel_start_vs_run_init"] == pytest.approx(0.0)
+    run_init = t.run_init()
+    assert run_init["to_announce"] == pytest.approx(6.78 - 3.449154)
+    assert run_init["exec_vs_run_init"] == pytest.approx(0.21 - 3.449154)
+    assert run_init["kernel_start_vs_run_init"] == pytest.approx(0.0)
     table = kernel_split_table([summarise([t])])
     assert table is not None
     assert "| initramfs unpack (Debian's kernel: beside other init work) | 2.53 |" in table
     assert "| unpack done -> Run /init | 0.22 |" in table
+    assert '| "Run /init" -> announce (interpreter, early imports) | 3.33 |' in table
+    assert '| check: /init exec by exec-uptime - by the "Run /init" stamp | -3.24 |' in table
 
 
 def test_timeline_needs_the_announce_line_and_its_clock() -> None:
@@ -192,7 +195,7 @@ def test_summary_takes_medians_of_boundaries_and_of_phases() -> None:
     assert summary.at["sandbox"] == pytest.approx(statistics.median([10.5, 12.1, 10.4]))
     assert summary.phases["sandbox"] == pytest.approx(0.2)
     assert summary.phases["announce"] == pytest.approx(6.78 - 0.21)
-    assert summary.marks == {} and summary.checks == {}
+    assert summary.marks == {} and summary.run_init == {}
 
 
 def test_phase_table_has_a_row_per_phase_and_kernel_columns() -> None:
@@ -209,7 +212,7 @@ def test_phase_table_has_a_row_per_phase_and_kernel_columns() -> None:
 def test_marks_median_over_the_boots_that_showed_them() -> None:
     summary = summarise([*timelines("ours", [0.2], marks=True), *timelines("ours", [0.3])])
     assert summary.marks["unpack_end"] == pytest.approx(3.231897)
-    assert summary.checks["exec_vs_run_init"] == pytest.approx(0.21 - 3.449154)
+    assert summary.run_init["exec_vs_run_init"] == pytest.approx(0.21 - 3.449154)
 
 
 def test_chart_is_a_png(tmp_path: Path) -> None:
