@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         help="no `quiet` (loglevel=7, printk.time=1): split kernel start -> /init",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.boots < 1:
+        parser.error("--boots must be at least 1")
+    if args.initrd is not None and not args.initrd.is_file():
+        parser.error(f"--initrd {args.initrd}: no such file")
     load_start = load()
     want_ours = args.kernel in ("ours", "both")
     if want_ours and not our_kernel_built():
