@@ -20,9 +20,9 @@ and writes a chart (stacked bars of the median phases) to --chart.
 --verbose-console drops `quiet` (loglevel=7, printk.time=1) to show, from the kernel's own
 lines, how "kernel start -> /init exec" splits into initramfs unpack and the rest; printing
 them costs boot time under TCG, so its totals are not comparable with quiet boots.
-Debian's initrd carries modules only Debian's kernel can load: on ours the agent's modprobe
-fails (logged, in the background); build the initrd with `--kernel-source build` and pass it
-with --initrd to boot ours with its own.
+Debian's initrd carries modules only Debian's kernel can load: on ours the agent fails to
+load them (and logs it); build the initrd with `--kernel-source build` and pass it with
+--initrd to boot ours with its own.
 """
 
 from __future__ import annotations
