@@ -68,7 +68,8 @@ def announce(config: AgentConfig) -> None:
             "init-daemon": pid1.is_pid1(),
             "config": config.public(),
             "uptime": bootclock.uptime(),
-            "exec-uptime": bootclock.exec_uptime(),
+            # Only PID 1 was exec'd by the kernel: elsewhere the record is the host's.
+            "exec-uptime": bootclock.exec_uptime() if pid1.is_pid1() else None,
         },
     )
 

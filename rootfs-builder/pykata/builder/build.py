@@ -133,7 +133,7 @@ def make_extra_tree(
         wanted = kernel.read_module_list(layout.DEBIAN_MODULES)
         modules = kernel.install_modules(kern, wanted, tree, stages)
     if options.flavour == "initrd":
-        (tree / "init").symlink_to("usr/bin/kata-agent")
+        # /init itself is written by slim.py, with the interpreter flags it compiles for.
         (tree / SLIM_SCRIPT).parent.mkdir(parents=True)
         shutil.copy2(slim.__file__, tree / SLIM_SCRIPT)
     else:

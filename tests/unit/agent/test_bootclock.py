@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 from pykata.agent import bootclock
@@ -16,15 +15,18 @@ def test_uptime_is_none_when_unreadable(tmp_path: Path) -> None:
     assert bootclock.uptime(str(tmp_path / "bad")) is None
 
 
-def test_exec_uptime_survives_a_command_name_with_spaces_and_parens(tmp_path: Path) -> None:
-    ticks = os.sysconf("SC_CLK_TCK") * 3
-    fields = ["S", *(["0"] * 18), str(ticks), "0"]
-    f = tmp_path / "stat"
-    f.write_text(f"1 (a (b) c) {' '.join(fields)}\n")
-    assert bootclock.exec_uptime(str(f)) == 3.0
+def test_init_exec_stamp_is_the_kernels_run_init_record() -> None:
+    records = [
+        b"6,1,15000,-;Linux version 6.12\n",
+        b"5,400,2531250,-;Run /init as init process\n with arguments:\n",
+    ]
+    assert bootclock.init_exec_stamp(records) == 2.53125
+    assert bootclock.init_exec_stamp(records[:1]) is None
+    assert bootclock.init_exec_stamp([b"5,400,x,-;Run /init as init process\n"]) is None
 
 
-def test_exec_uptime_of_this_process_is_before_now() -> None:
-    started, now = bootclock.exec_uptime(), bootclock.uptime()
-    assert started is not None and now is not None
-    assert 0 < started <= now
+def test_exec_uptime_without_kmsg_is_none(tmp_path: Path) -> None:
+    assert bootclock.exec_uptime(str(tmp_path / "missing")) is None
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert bootclock.exec_uptime(str(empty)) is None

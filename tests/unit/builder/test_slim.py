@@ -88,31 +88,37 @@ def test_prune_removes_folders_it_emptied(tree: Path) -> None:
     assert (tree / "usr/lib/modules/6.1").is_dir()
 
 
-def test_drop_sources_leaves_sourceless_pyc_except_below_the_kept_package(
+def test_compile_modules_leaves_sourceless_pyc_except_below_the_kept_package(
     tmp_path: Path,
 ) -> None:
     version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     stdlib = tmp_path / "usr/lib" / version
     ours = tmp_path / "usr/lib/python3/dist-packages/pykata/agent"
+    source = '"""Docs."""\nVALUE = 42\nassert VALUE < 0\n'
     for folder in (stdlib, ours):
         folder.mkdir(parents=True)
-        (folder / "mod.py").write_text("VALUE = 42\n")
-        py_compile.compile(str(folder / "mod.py"), doraise=True)
-    freed = slim.drop_sources(tmp_path, Path("usr/lib/python3/dist-packages/pykata"))
-    assert freed == len("VALUE = 42\n")
+        (folder / "mod.py").write_text(source)
+        py_compile.compile(str(folder / "mod.py"), doraise=True)  # as the postinst does
+    slim.compile_modules(tmp_path, Path("usr/lib/python3/dist-packages/pykata"))
     assert sorted(p.name for p in stdlib.iterdir()) == ["mod.pyc"]
-    assert (ours / "mod.py").exists() and (ours / "__pycache__").is_dir()
-    # The interpreter loads the sourceless file.
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-c",
-            f"import sys; sys.path.insert(0, {str(stdlib)!r}); "
-            "import mod; print(mod.VALUE, mod.__file__)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert out == ["42", str(stdlib / "mod.pyc")]
+    assert sorted(p.name for p in (ours / "__pycache__").iterdir()) == [
+        f"mod.{sys.implementation.cache_tag}.opt-2.pyc"
+    ]
+    assert (ours / "mod.py").exists()
+    for folder, flags in ((stdlib, "-I"), (ours, "-IOO")):
+        # Loaded, without its docstring or its assert; named by its path in the guest.
+        out = subprocess.run(
+            [sys.executable, flags, "-c", f"import sys; sys.path.insert(0, {str(folder)!r}); "
+             "import mod; print(mod.VALUE, mod.__doc__, mod.__spec__.cached or mod.__file__)"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert out[:2] == ["42", "None"]
+
+
+def test_init_runs_the_agent_with_the_flags_it_was_compiled_for(tmp_path: Path) -> None:
+    (tmp_path / "init").symlink_to("usr/bin/kata-agent")
+    slim.write_init(tmp_path)
+    init = tmp_path / "init"
+    assert not init.is_symlink() and init.stat().st_mode & 0o111
+    first = init.read_text().splitlines()[0]
+    assert first == "#!/usr/bin/python3 -ISOO" and slim.OPTIMIZE == 2
