@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 
 from google.protobuf.internal import api_implementation
 
@@ -16,8 +17,9 @@ from pykata.ttrpc import Server
 
 logger = log.get("main")
 
-LISTEN_ATTEMPTS = 20
-LISTEN_RETRY_DELAY = 0.5
+# ~10 s of retries, often: the vsock transport module loads meanwhile in a fresh guest.
+LISTEN_ATTEMPTS = 200
+LISTEN_RETRY_DELAY = 0.05
 # After DestroySandbox answered: time for the reply to leave before connections close.
 REPLY_GRACE = 0.2
 
@@ -28,10 +30,10 @@ async def _listen(server: Server, address: str) -> None:
             await server.listen(address)
             return
         except OSError as exc:
-            # In a fresh guest the vsock transport module may still be loading.
             if attempt == LISTEN_ATTEMPTS:
                 raise
-            logger.warning("cannot listen yet", extra={"address": address, "error": str(exc)})
+            if attempt == 1:
+                logger.info("cannot listen yet", extra={"address": address, "error": str(exc)})
             await asyncio.sleep(LISTEN_RETRY_DELAY)
 
 
@@ -43,7 +45,7 @@ def release_startup_memory() -> None:
     libc.malloc_trim(0)
 
 
-async def serve(config: AgentConfig) -> None:
+async def serve(config: AgentConfig, modules: threading.Thread | None = None) -> None:
     reaper = Reaper()
     reaper.start()
     ttrpc_server = wiring.health_server()
@@ -61,7 +63,9 @@ async def serve(config: AgentConfig) -> None:
         "uptime": bootclock.uptime(),
     }
     logger.info("agent ready", extra=ready)
-    sandbox = await wiring.serve_agent(ttrpc_server, config, reaper)
+    # The storages of the first requests need the kernel modules PID 1 is still loading.
+    loaded = asyncio.to_thread(pid1.wait_modules, modules)
+    sandbox = await wiring.serve_agent(ttrpc_server, config, reaper, prerequisite=loaded)
     logger.info("agent services ready", extra={"uptime": bootclock.uptime()})
     # Once, in the background: the first CreateContainer awaits it, no request runs it.
     sandbox.start_runtime_probe()
@@ -86,9 +90,9 @@ async def serve(config: AgentConfig) -> None:
     reaper.stop()
 
 
-def run(config: AgentConfig) -> int:
+def run(config: AgentConfig, modules: threading.Thread | None = None) -> int:
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, modules))
         logger.info("agent stopped")
         return 0
     except Exception:

@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         pid1.set_child_subreaper()
         return int(serving_module().run(config))
     try:
-        modprobe = pid1.init(config.cgroup_v2)
-        daemon = serving_module()
-        pid1.wait_modules(modprobe)
-        daemon.run(config)
+        # Kernel modules load while the agent imports itself and starts listening (it retries
+        # until the vsock transport is there); AgentService waits for them (daemon.serve).
+        loading = pid1.init(config.cgroup_v2)
+        serving_module().run(config, modules=loading)
     except BaseException:
         logger.exception("init failed")
     logger.info("powering off")

@@ -268,7 +268,7 @@ def start_modules(names: list[str]) -> threading.Thread | None:
 
 
 def wait_modules(loading: threading.Thread | None) -> None:
-    """Wait for start_modules(): the first RPCs need vsock and the storage drivers."""
+    """Wait for start_modules(): storages need their drivers (vsock the agent retries)."""
     if loading is not None:
         loading.join()
 

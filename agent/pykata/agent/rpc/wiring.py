@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from pykata.agent.config import AgentConfig
@@ -35,10 +36,20 @@ def health_server() -> Server:
     return server
 
 
-async def serve_agent(server: Server, config: AgentConfig, reaper: Reaper) -> Sandbox:
-    """Import the rest of the agent off the event loop, route AgentService to it."""
+async def serve_agent(
+    server: Server,
+    config: AgentConfig,
+    reaper: Reaper,
+    prerequisite: Awaitable[None] | None = None,
+) -> Sandbox:
+    """Import the rest of the agent off the event loop, route AgentService to it once that
+    and ``prerequisite`` are done."""
     try:
-        module = await asyncio.to_thread(importlib.import_module, AGENT_SERVICE_MODULE)
+        importing = asyncio.to_thread(importlib.import_module, AGENT_SERVICE_MODULE)
+        if prerequisite is not None:
+            module, _ = await asyncio.gather(importing, prerequisite)
+        else:
+            module = await importing
         sandbox: Sandbox = module.serve(server, config, reaper)
     finally:
         # Waiting requests are answered either way (UNIMPLEMENTED if this failed).
