@@ -97,6 +97,12 @@ bench-vsock *args: setup
 bench-e2e *args: setup
     {{python}} tests/bench/bench_e2e.py {{args}}
 
+# Boot timeline per kernel (Debian's, ours when built), boots alternating: QEMU start -> kernel
+# -> /init -> announce -> listening -> Health.Check -> CreateSandbox; table, JSON, chart
+# (`--boots N --kernel debian|ours|both --initrd PATH --chart PATH --verbose-console`).
+bench-boot *args: setup
+    {{python}} tests/bench/bench_boot.py {{args}}
+
 # Go ttRPC interop peer (containerd's ttrpc from Debian) into ~/.cache/pykata/go-ttrpc/.
 peer-go-ttrpc *args:
     {{python}} tests/peers/go-ttrpc/build.py {{args}}

@@ -9,9 +9,9 @@ Usage: bench_e2e.py [--boots N] [--runs N]   (as root: mounts, QEMU, the agent o
   sandbox check, bind mount into the shared folder, CreateContainer, StartContainer, stdio,
   WaitProcess, RemoveContainer, unmount), N runs, median, against the same command with the
   agent on this host over a unix socket (no VM, no virtio-fs, no vsock): ratio VM/host.
-- RSS: the agent's resident memory once the runs have created the sandbox, in the guest (its
-  GetMetrics figure, the guest's Python and libraries) against the host agent's VmRSS (this
-  host's Python) in the same run.
+- memory: the agent's resident and anonymous memory as its GetMetrics reports them, once
+  started (the first GetMetrics) and after the runs (sandbox created, containers gone), in
+  the guest (the guest's Python and libraries) against the host agent (this host's Python).
 """
 
 from __future__ import annotations
@@ -48,25 +48,22 @@ async def health_check(address: str) -> None:
         )  # fmt: skip
 
 
-async def agent_rss_mib(address: str) -> float:
-    """The agent's own RSS as its GetMetrics reports it."""
+async def agent_memory_mib(address: str) -> tuple[float, float]:
+    """The agent's own (RSS, anonymous) memory as its GetMetrics reports them."""
     async with await Client.connect(address, timeout=BOOT_TIMEOUT) as client:
         reply = await client.call(
             "grpc.AgentService", "GetMetrics", agent_pb2.GetMetricsRequest(),
             agent_pb2.Metrics, timeout=60,
         )  # fmt: skip
+    rss = anon = None
     for line in reply.metrics.splitlines():
         if line.startswith("kata_agent_process_resident_memory_bytes "):
-            return float(line.split()[1]) / 2**20
-    raise RuntimeError("GetMetrics has no kata_agent_process_resident_memory_bytes")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
+            rss = float(line.split()[1]) / 2**20
+        elif line.startswith('kata_agent_proc_status{item="rssanon"} '):
+            anon = float(line.split()[1]) / 1024  # kB, as /proc reports it
+    if rss is None or anon is None:
+        raise RuntimeError("GetMetrics lacks the agent's resident or anonymous memory")
+    return rss, anon
 
 
 def timed_runs(target: list[str], rootfs: Path, runs: int) -> list[float]:
@@ -122,12 +119,15 @@ async def main_async(boots: int, runs: int) -> None:
                         accel=str(vm.accel),
                         pids=vm.pids,
                     ).save()
+                    guest_start = await agent_memory_mib(vm.agent_address)
                     vm_runs = await asyncio.to_thread(timed_runs, ["--vm", vm.name], rootfs, runs)
-                    guest_rss = await agent_rss_mib(vm.agent_address)
+                    guest_after = await agent_memory_mib(vm.agent_address)
                 accel = vm.accel
             finally:
                 await vm.stop()
-        host_runs, host_rss = await asyncio.to_thread(host_agent_runs, work, rootfs, runs)
+        host_runs, host_start, host_after = await asyncio.to_thread(
+            host_agent_runs, work, rootfs, runs
+        )
     vm_median, host_median = statistics.median(vm_runs), statistics.median(host_runs)
     print(f"date {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} CPUs, {accel}")
     print(
@@ -139,14 +139,22 @@ async def main_async(boots: int, runs: int) -> None:
         f"kata-agent-ctl run -- true: VM {vm_median:.2f}s, host agent {host_median:.2f}s "
         f"(median of {runs}), ratio VM/host {vm_median / host_median:.1f}"
     )
-    print(
-        f"agent RSS after CreateSandbox: guest {guest_rss:.1f} MiB, host agent {host_rss:.1f} "
-        f"MiB, ratio guest/host {guest_rss / host_rss:.2f}"
-    )
+    for when, guest_mem, host_mem in (
+        ("started (first GetMetrics)", guest_start, host_start),
+        (f"after CreateSandbox and {runs} runs", guest_after, host_after),
+    ):
+        print(
+            f"agent memory {when}: guest RSS {guest_mem[0]:.1f} MiB, anonymous "
+            f"{guest_mem[1]:.1f} MiB; host agent {host_mem[0]:.1f} / {host_mem[1]:.1f} MiB; "
+            f"ratio guest/host RSS {guest_mem[0] / host_mem[0]:.2f}"
+        )
 
 
-def host_agent_runs(work: Path, rootfs: Path, runs: int) -> tuple[list[float], float]:
-    """Run times with the agent on this host, and its RSS (MiB) after them."""
+def host_agent_runs(
+    work: Path, rootfs: Path, runs: int
+) -> tuple[list[float], tuple[float, float], tuple[float, float]]:
+    """Run times with the agent on this host, and its (RSS, anonymous) memory in MiB once
+    started and after the runs, read from GetMetrics as in the guest."""
     address = f"unix://@pykata-bench-e2e-{secrets.token_hex(4)}"
     env = {**os.environ, "KATA_AGENT_SERVER_ADDR": address}
     env.pop("INVOCATION_ID", None)  # never the host's kernel command line
@@ -156,8 +164,9 @@ def host_agent_runs(work: Path, rootfs: Path, runs: int) -> tuple[list[float], f
         )
     try:
         asyncio.run(health_check(address))
+        started = asyncio.run(agent_memory_mib(address))
         seconds = timed_runs(["--server-address", address], rootfs, runs)
-        return seconds, rss_kib(agent.pid) / 1024
+        return seconds, started, asyncio.run(agent_memory_mib(address))
     finally:
         subprocess.run([*CTL, "destroy", "--server-address", address], check=False)
         agent.terminate()

@@ -13,7 +13,6 @@ initrd.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -21,13 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from pykata.builder import build, kernel, layout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.boot_timeline import OUR_KERNEL, agent_record, our_kernel_built
+
+from pykata.builder import build, layout
 from pykata.builder.stages import Stages
 
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 180.0
-KERNEL_BUILD = layout.cache_root() / "kernel/build"
-CUSTOM_KERNEL = KERNEL_BUILD / "arch/x86/boot/bzImage"
 
 
 def timed_build(options: build.Options) -> tuple[float, build.Result]:
@@ -52,13 +53,9 @@ def boot_seconds(kernel: Path, cmdline: str, disk: list[str], workdir: Path) -> 
         while time.monotonic() - t0 < BOOT_TIMEOUT and qemu.poll() is None:
             text = console.read_text(errors="replace") if console.exists() else ""
             for line in text.splitlines():
-                start = line.find("{")
-                if start >= 0 and '"announce"' in line:
-                    try:
-                        if json.loads(line[start:]).get("msg") == "announce":
-                            return time.monotonic() - t0
-                    except json.JSONDecodeError:
-                        pass
+                record = agent_record(line)
+                if record is not None and record.get("msg") == "announce":
+                    return time.monotonic() - t0
             time.sleep(0.1)
     finally:
         qemu.kill()
@@ -89,7 +86,7 @@ def main(argv: list[str]) -> int:
     boots: list[tuple[str, Path, str, list[str]]] = [
         ("Debian cloud kernel + initrd", result.kernel, "", ["-initrd", str(result.artifact)])
     ]
-    ours_current = kernel.current_build(KERNEL_BUILD, layout.fragments())
+    ours_current = our_kernel_built()
     if ours_current:
         seconds, ours = timed_build(
             build.Options(output=work / "initrd-build", kernel_source="build")
@@ -108,9 +105,7 @@ def main(argv: list[str]) -> int:
     kernel_mb = result.kernel.stat().st_size / 1e6
     rows.append(("Debian kernel size", f"{kernel_mb:.1f} MB"))
     if ours_current:
-        rows.append(
-            ("our kernel size (bzImage, LZ4)", f"{CUSTOM_KERNEL.stat().st_size / 1e6:.1f} MB")
-        )
+        rows.append(("our kernel size (bzImage, LZ4)", f"{OUR_KERNEL.stat().st_size / 1e6:.1f} MB"))
 
     for name, kernel_path, cmdline, disk in boots:
         times = [boot_seconds(kernel_path, cmdline, disk, work) for _ in range(args.boots)]

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from typing import TYPE_CHECKING
 
 from google.protobuf.internal import api_implementation
 
-from pykata.agent import log, pid1
+from pykata.agent import bootclock, log, pid1
 from pykata.agent.config import AgentConfig
 from pykata.agent.libc import libc
 from pykata.agent.reaper import Reaper
-from pykata.agent.rpc.wiring import build_server
-from pykata.agent.sandbox import Sandbox
+from pykata.agent.rpc import wiring
 from pykata.ttrpc import Server
 
 if TYPE_CHECKING:
+    from pykata.agent.sandbox import Sandbox
     from pykata.agent.upgrade.restore import Restored
 
 logger = log.get("main")
 
-LISTEN_ATTEMPTS = 20
-LISTEN_RETRY_DELAY = 0.5
+# ~10 s of retries, often: the vsock transport module loads meanwhile in a fresh guest.
+LISTEN_ATTEMPTS = 200
+LISTEN_RETRY_DELAY = 0.05
 # After DestroySandbox answered: time for the reply to leave before connections close.
 REPLY_GRACE = 0.2
 
@@ -33,10 +35,10 @@ async def _listen(server: Server, address: str) -> None:
             await server.listen(address)
             return
         except OSError as exc:
-            # In a fresh guest the vsock transport module may still be loading.
             if attempt == LISTEN_ATTEMPTS:
                 raise
-            logger.warning("cannot listen yet", extra={"address": address, "error": str(exc)})
+            if attempt == 1:
+                logger.info("cannot listen yet", extra={"address": address, "error": str(exc)})
             await asyncio.sleep(LISTEN_RETRY_DELAY)
 
 
@@ -56,7 +58,6 @@ async def _serve_ops(
 ) -> Server:
     """The ops channel (docs/ops.md); its code is loaded only when it is configured."""
     from pykata.agent.ops.runtime import AgentRuntime
-    from pykata.agent.rpc.wiring import build_ops_server
 
     runtime = AgentRuntime(config, sandbox, sandbox.reaper, agent_server)
     status = None
@@ -69,7 +70,7 @@ async def _serve_ops(
         status = restored_status(
             state["upgrade"], runtime.generation, restored.pause, restored.rolled_back
         )
-    server = build_ops_server(runtime, status)
+    server = wiring.build_ops_server(runtime, status)
     runtime.ops_server = server
     if restored is not None and "ops" in restored.state["servers"]:
         await server.take_over(restored.state["servers"]["ops"])
@@ -78,35 +79,51 @@ async def _serve_ops(
     return server
 
 
-async def serve(config: AgentConfig, restored: Restored | None = None) -> None:
+async def serve(
+    config: AgentConfig,
+    modules: threading.Thread | None = None,
+    restored: Restored | None = None,
+) -> None:
     """Serve until DestroySandbox or a signal; ``restored``: go on where the previous agent
     stopped (an upgrade) instead of starting afresh."""
     reaper = Reaper()
     if restored is not None:
         reaper.restore(restored.state["reaper"])
     reaper.start()
-    sandbox = Sandbox(config, reaper)
-    if restored is not None:
-        sandbox.restore(restored.state["sandbox"])
-    ttrpc_server = build_server(sandbox)
+    ttrpc_server = wiring.health_server()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if not pid1.is_pid1():
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     if restored is not None:
+        # The shim's connections and their pending calls: answered once AgentService is
+        # routed (below), to the restored sandbox.
         await ttrpc_server.take_over(restored.state["servers"]["agent"])
     else:
         await _listen(ttrpc_server, config.server_addr)
+    # The protobuf backend is logged because a guest without libstdc++ silently falls back
+    # from upb to pure Python (slower, ~3 MiB more memory).
+    ready = {
+        "address": config.server_addr,
+        "protobuf": api_implementation.Type(),
+        "uptime": bootclock.uptime(),
+    }
+    logger.info("agent ready", extra=ready)
+    # The storages of the first requests need the kernel modules PID 1 is still loading.
+    loaded = asyncio.to_thread(pid1.wait_modules, modules)
+    sandbox = await wiring.serve_agent(
+        ttrpc_server,
+        config,
+        reaper,
+        prerequisite=loaded,
+        restore=None if restored is None else restored.state["sandbox"],
+    )
+    logger.info("agent services ready", extra={"uptime": bootclock.uptime()})
     ops_server = None
     if config.ops_address or restored is not None:
         ops_server = await _serve_ops(config, sandbox, ttrpc_server, restored)
-    # The protobuf backend is logged because a guest without libstdc++ silently falls back
-    # from upb to pure Python (slower, ~3 MiB more memory).
-    ready = {"address": config.server_addr, "protobuf": api_implementation.Type()}
-    if ops_server is not None:
-        ready["ops_address"] = config.ops_address
-    logger.info("agent ready", extra=ready)
+        logger.info("ops channel ready", extra={"address": config.ops_address})
     if restored is not None:
         from pykata.agent.upgrade import package
 
@@ -140,9 +157,13 @@ async def serve(config: AgentConfig, restored: Restored | None = None) -> None:
     reaper.stop()
 
 
-def run(config: AgentConfig, restored: Restored | None = None) -> int:
+def run(
+    config: AgentConfig,
+    modules: threading.Thread | None = None,
+    restored: Restored | None = None,
+) -> int:
     try:
-        asyncio.run(serve(config, restored))
+        asyncio.run(serve(config, modules, restored))
         logger.info("agent stopped")
         return 0
     except Exception:

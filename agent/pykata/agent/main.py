@@ -18,8 +18,8 @@ import sys
 import time
 from types import ModuleType
 
+from pykata.agent import bootclock, lazyimport, log, pid1
 from pykata.agent import config as agent_config
-from pykata.agent import lazyimport, log, pid1
 from pykata.agent.config import AgentConfig
 from pykata.agent.version import API_VERSION, VERSION
 
@@ -32,7 +32,10 @@ COMPRESSION_MODULES = ("bz2", "lzma")
 # protobuf's descriptor_pool and builder import its pure-Python message implementation (with
 # text_format, encoder, decoder...) even when upb does all the work: 1.2 MiB until used.
 DEFERRED_MODULES = ("google.protobuf.internal.python_message",)
-OPS_MODULES = (
+# Loaded later or only on demand (AgentService once listening; the ops channel and the
+# upgrade when configured): the self-check imports them too.
+LAZY_MODULES = (
+    "pykata.agent.rpc.agent_service",
     "pykata.agent.rpc.ops",
     "pykata.agent.upgrade.manager",
     "pykata.agent.upgrade.restore",
@@ -76,6 +79,9 @@ def announce(config: AgentConfig) -> None:
             "agent-type": "python",
             "init-daemon": pid1.is_pid1(),
             "config": config.public(),
+            "uptime": bootclock.uptime(),
+            # Only PID 1 was exec'd by the kernel: elsewhere the record is the host's.
+            "exec-uptime": bootclock.exec_uptime() if pid1.is_pid1() else None,
         },
     )
 
@@ -97,8 +103,7 @@ def self_check(config_file: str | None) -> int:
     import json
 
     serving_module()
-    # What only the ops channel and an upgrade load, lazily.
-    for module in OPS_MODULES:
+    for module in LAZY_MODULES:
         importlib.import_module(module)
     from pykata.agent.upgrade import package, state
 
@@ -144,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         pid1.set_child_subreaper()
         return int(serving_module().run(config))
     try:
-        modprobe = pid1.init(config.cgroup_v2)
-        daemon = serving_module()
-        pid1.wait_modules(modprobe)
-        daemon.run(config)
+        # Kernel modules load while the agent imports itself and starts listening (it retries
+        # until the vsock transport is there); AgentService waits for them (daemon.serve).
+        loading = pid1.init(config.cgroup_v2)
+        serving_module().run(config, modules=loading)
     except BaseException:
         logger.exception("init failed")
     logger.info("powering off")

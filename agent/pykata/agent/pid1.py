@@ -14,11 +14,10 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 
-from pykata.agent import log
+from pykata.agent import kmod, log
 from pykata.agent.libc import last_error, libc
 from pykata.agent.mount import (
     MS_NODEV,
@@ -253,27 +252,25 @@ def modules_to_load(dirs: list[str] = MODULES_LOAD_DIRS) -> list[str]:
     return names
 
 
-def start_modules(names: list[str]) -> subprocess.Popen[bytes] | None:
-    """Start one ``modprobe -a`` for all of them (it tries every module even if one fails);
-    the agent imports the rest of itself meanwhile, which is what takes long at boot."""
+def start_modules(names: list[str]) -> threading.Thread | None:
+    """Load them in a thread: finit_module waits in the kernel without the GIL while the
+    agent imports the rest of itself, which is what takes long at boot."""
     if not names:
         return None
-    try:
-        return subprocess.Popen(
-            ["modprobe", "-a", *names], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-    except OSError as exc:
-        logger.error("modprobe unavailable", extra={"kernel_modules": names, "error": str(exc)})
-        return None
+
+    def load() -> None:
+        for error in kmod.load_all(names):
+            logger.error("kernel module not loaded", extra={"error": error})
+
+    thread = threading.Thread(target=load, name="kmod", daemon=True)
+    thread.start()
+    return thread
 
 
-def wait_modules(modprobe: subprocess.Popen[bytes] | None) -> None:
-    """Wait for start_modules(); must run before the reaper starts reaping."""
-    if modprobe is None:
-        return
-    _, err = modprobe.communicate()
-    if modprobe.returncode != 0:
-        logger.error("modprobe failed", extra={"error": err.decode(errors="replace")})
+def wait_modules(loading: threading.Thread | None) -> None:
+    """Wait for start_modules(): storages need their drivers (vsock the agent retries)."""
+    if loading is not None:
+        loading.join()
 
 
 def set_child_subreaper() -> None:
@@ -286,7 +283,7 @@ def _ignore_sigint(signum: int, frame: object) -> None:
     logger.warning("SIGINT ignored: the agent is init")
 
 
-def init(cgroup_v2: bool) -> subprocess.Popen[bytes] | None:
+def init(cgroup_v2: bool) -> threading.Thread | None:
     """PID 1 set-up; each step logs its own failure and the next one still runs. Returns the
     module loading still in progress (see wait_modules)."""
     # The kernel keeps default-action signals away from init, but Python handles SIGINT

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pykata.agent import log, namespaces
+from pykata.agent import blocking, kmod, log, namespaces
 from pykata.agent.cgroups import check_container_path, own_cgroups
 from pykata.agent.config import AgentConfig, in_guest
 from pykata.agent.container.bundle import Bundle
@@ -48,6 +48,8 @@ GUEST_RESOLV_CONF = "/etc/resolv.conf"
 MAX_HOSTNAME = 64
 # Bound on waiting at exit for a runtime probe still in progress.
 PROBE_SETTLE_TIMEOUT = 10.0
+# As the 60 s the agent gave modprobe: a module init may wait for a device.
+MODULE_LOAD_TIMEOUT = 60.0
 _MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -369,16 +371,13 @@ class Sandbox:
             logger.info("sandbox created", extra={"sandbox": sandbox_id})
 
     async def _load_module(self, module: KernelModule) -> None:
+        def load() -> None:
+            kmod.load(kmod.ModuleIndex(kmod.modules_dir()), module.name, module.parameters)
+
         try:
-            code, _, err = await self.reaper.run(
-                ["modprobe", module.name, *module.parameters], timeout=60
-            )
-        except OSError as exc:
-            raise FailedPrecondition(f"cannot run modprobe: {exc}") from exc
-        if code != 0:
-            raise FailedPrecondition(
-                f"modprobe {module.name} failed: {err.decode(errors='replace').strip()}"
-            )
+            await blocking.bounded(load, MODULE_LOAD_TIMEOUT, f"loading module {module.name}")
+        except kmod.ModuleError as exc:
+            raise FailedPrecondition(f"kernel module {module.name}: {exc}") from exc
 
     def _setup_dns(self, dns: list[str]) -> None:
         if not dns:

@@ -271,9 +271,9 @@ class _Connection(asyncio.Protocol):
         if stream_id in self._inflight:
             self._send_error(stream_id, Code.INVALID_ARGUMENT, f"stream {stream_id} is in use")
             return None
-        methods = self._services.get(request.service)
-        method = methods.get(request.method) if methods is not None else None
-        if method is None:
+        method = self._route(request.service, request.method)
+        routing = self._server._routing_complete
+        if method is None and (routing is None or routing.is_set()):
             message = self._server._services.unrouted(request.service, request.method)
             self._send_error(stream_id, Code.UNIMPLEMENTED, message)
             return None
@@ -285,12 +285,33 @@ class _Connection(asyncio.Protocol):
                 f"{self._max_inflight}); retry once some have been answered",
             )
             return None
-        task = _start_task(
-            self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
-        )
+        if method is None:
+            task = _start_task(self._run_once_routed(stream_id, request), self._loop)
+        else:
+            task = _start_task(
+                self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
+            )
         if not task.done():
             self._requests[stream_id] = (request.service, request.method, payload)
         return task
+
+    def _route(self, service: str, name: str) -> Method | None:
+        methods = self._services.get(service)
+        return methods.get(name) if methods is not None else None
+
+    async def _run_once_routed(self, stream_id: int, request: ttrpc_pb2.Request) -> None:
+        """A request for a service registered later (see Server.defer_routing)."""
+        routing = self._server._routing_complete
+        assert routing is not None
+        await routing.wait()
+        method = self._route(request.service, request.method)
+        if method is None:
+            message = self._server._services.unrouted(request.service, request.method)
+            self._send_error(stream_id, Code.UNIMPLEMENTED, message)
+            self._inflight.pop(stream_id, None)
+            self._requests.pop(stream_id, None)
+            return
+        await self._run(stream_id, method, request.payload, request.timeout_nano)
 
     async def _run(self, stream_id: int, method: Method, payload: bytes, timeout_nano: int) -> None:
         try:
@@ -438,6 +459,7 @@ class Server:
         # Reading stopped on every connection (a hand-over is being prepared).
         self._paused = False
         self._closed = asyncio.Event()
+        self._routing_complete: asyncio.Event | None = None
 
     @property
     def connection_count(self) -> int:
@@ -448,10 +470,26 @@ class Server:
         """Request payload bytes reserved from the budget now (held or being received)."""
         return self._budget.in_use
 
+    @property
+    def services(self) -> ServiceSet:
+        """What the server routes (read it; register through register())."""
+        return self._services
+
     def register(self, service: ServiceDescriptor, *handlers: object) -> None:
         """Serve service; each RPC goes to the first handler object that has an async
-        method of the RPC's name. Must be called before clients connect."""
+        method of the RPC's name. Called before clients connect, or between defer_routing()
+        and routing_complete()."""
         self._services.register(service, *handlers)
+
+    def defer_routing(self) -> None:
+        """Listen before every service is registered: a request no registered service
+        serves waits for routing_complete() instead of answering UNIMPLEMENTED at once."""
+        self._routing_complete = asyncio.Event()
+
+    def routing_complete(self) -> None:
+        """Every service is registered: waiting requests are routed (or refused) now."""
+        if self._routing_complete is not None:
+            self._routing_complete.set()
 
     async def listen(self, address: str) -> None:
         """Start accepting on unix:///path, unix://@name or vsock://CID:PORT."""

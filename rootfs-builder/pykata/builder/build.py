@@ -26,6 +26,7 @@ from pykata.builder import (
     layout,
     manifest,
     mkosi,
+    slim,
     wheels,
 )
 from pykata.builder.stages import BuildError, Stages
@@ -36,6 +37,8 @@ KERNEL_FILE = "vmlinuz"
 ARTIFACT = {"initrd": "kata-initrd.img", "image": "kata-rootfs.img"}
 MKOSI_OUTPUT = {"initrd": "kata-initrd.cpio.zst", "image": "kata-rootfs"}
 UNIT_DIR = Path("usr/lib/systemd/system")
+# Where the initrd's finalize script finds slim.py (it deletes the folder afterwards).
+SLIM_SCRIPT = Path("usr/lib/pykata-build/slim.py")
 # The root file system of the image flavour is mounted by the kernel itself.
 IMAGE_BOOT_OPTIONS = ("CONFIG_VIRTIO_BLK", "CONFIG_EXT4_FS", "CONFIG_VIRTIO_PCI")
 
@@ -130,7 +133,9 @@ def make_extra_tree(
         wanted = kernel.read_module_list(layout.DEBIAN_MODULES)
         modules = kernel.install_modules(kern, wanted, tree, stages)
     if options.flavour == "initrd":
-        (tree / "init").symlink_to("usr/bin/kata-agent")
+        # /init itself is written by slim.py, with the interpreter flags it compiles for.
+        (tree / SLIM_SCRIPT).parent.mkdir(parents=True)
+        shutil.copy2(slim.__file__, tree / SLIM_SCRIPT)
     else:
         units = tree / UNIT_DIR
         units.mkdir(parents=True)

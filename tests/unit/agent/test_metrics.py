@@ -283,7 +283,7 @@ def run(code: str) -> list[str]:
 def test_agent_start_does_not_import_prometheus_client() -> None:
     out = run(
         "import sys\n"
-        "import pykata.agent.daemon, pykata.agent.rpc.wiring\n"
+        "import pykata.agent.daemon, pykata.agent.rpc.agent_service\n"
         "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n"
         "print('pykata.agent.metrics.collector' in sys.modules)\n"
     )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from pykata.agent.config import AgentConfig
 from pykata.agent.reaper import Reaper
-from pykata.agent.rpc import wiring
-from pykata.agent.sandbox import Sandbox
+from pykata.agent.rpc import agent_service, wiring
 from pykata.ttrpc import Server
-from pykata.ttrpc.services import ServiceSet
 
 IMPLEMENTED = {
     "grpc.Health": {"Check", "Version"},
@@ -72,16 +73,19 @@ UNIMPLEMENTED = {
 
 
 @pytest.fixture
-def sandbox() -> Sandbox:
-    return Sandbox(AgentConfig(), Reaper())
+def server() -> Server:
+    server = wiring.health_server()
+    agent_service.serve(server, AgentConfig(), Reaper())
+    server.routing_complete()
+    return server
 
 
-def test_the_agent_serves_exactly_these_rpcs(sandbox: Sandbox) -> None:
-    routed = ServiceSet()
-    declared: dict[str, set[str]] = {}
-    for service, handlers in wiring.services(sandbox):
-        routed.register(service, *handlers)
-        declared[service.full_name] = {rpc.name for rpc in service.methods}
+def test_the_agent_serves_exactly_these_rpcs(server: Server) -> None:
+    routed = server.services
+    declared = {
+        service.full_name: {rpc.name for rpc in service.methods}
+        for service in (wiring.HEALTH, agent_service.SERVICE)
+    }
     implemented = {name: set(methods) for name, methods in routed.services.items()}
     assert implemented == IMPLEMENTED
     assert {name: declared[name] - implemented[name] for name in declared} == UNIMPLEMENTED
@@ -90,18 +94,29 @@ def test_the_agent_serves_exactly_these_rpcs(sandbox: Sandbox) -> None:
             assert routed.unrouted(name, method).endswith("is not implemented by this server")
 
 
-def test_the_server_is_built_from_that_wiring(sandbox: Sandbox) -> None:
-    assert isinstance(wiring.build_server(sandbox), Server)
+def test_health_is_served_before_the_rest_of_the_agent_is_imported() -> None:
+    code = (
+        "import sys\n"
+        "from pykata.agent.main import serving_module\n"
+        "serving_module()\n"
+        "from pykata.agent.rpc import wiring\n"
+        "server = wiring.health_server()\n"
+        "print(sorted(server.services.services))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('pykata.agent.sandbox',\n"
+        "    'pykata.agent.container', 'pykata.agent.storage', 'pykata.agent.rpc.containers'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["['grpc.Health']", "[]"]
 
 
-def test_the_ops_channel_serves_every_ops_rpc(sandbox: Sandbox) -> None:
+def test_the_ops_channel_serves_every_ops_rpc() -> None:
     from pykata.agent.ops.runtime import AgentRuntime
 
-    runtime = AgentRuntime(AgentConfig(), sandbox, sandbox.reaper, wiring.build_server(sandbox))
-    routed = ServiceSet()
-    for service, handlers in wiring.ops_services(runtime):
-        routed.register(service, *handlers)
-    assert {name: set(methods) for name, methods in routed.services.items()} == {
+    agent = wiring.health_server()
+    sandbox = agent_service.serve(agent, AgentConfig(), Reaper())
+    ops = wiring.build_ops_server(AgentRuntime(AgentConfig(), sandbox, sandbox.reaper, agent))
+    assert {name: set(methods) for name, methods in ops.services.services.items()} == {
         "pykata.ops.v1.Ops": {"Status", "SetLogLevel", "DumpState", "Upgrade", "UpgradeStatus"}
     }
-    assert isinstance(wiring.build_ops_server(runtime), Server)

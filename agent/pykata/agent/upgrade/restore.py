@@ -64,7 +64,7 @@ def run(state_fd: int, ready_fd: int, rolled_back: str) -> int:
     if not pid1.is_pid1():
         pid1.set_child_subreaper()
     restored = Restored(state, rolled_back, Readiness(ready_fd, state_fd))
-    code = int(daemon.run(config, restored))
+    code = int(daemon.run(config, restored=restored))
     if not pid1.is_pid1():
         return code
     logger.info("powering off")

@@ -56,6 +56,9 @@ class MachineSpec:
     # size is nvdimm_size bytes (the file's, a multiple of 2 MiB).
     nvdimm: Path | None = None
     nvdimm_size: int = 0
+    # The console also goes to the FIFOs <console_pipe>.in/.out (QEMU's pipe chardev, which
+    # keeps writing console_log as its log), so a reader stamps lines as they arrive.
+    console_pipe: Path | None = None
 
 
 HOTPLUG_PORT_SLOT = 0x10
@@ -73,13 +76,17 @@ def command(spec: MachineSpec) -> list[str]:
         machine += ",nvdimm=on"
         extra_mib = -(-spec.nvdimm_size // (1 << 20))
         memory += f",slots=2,maxmem={spec.memory_mib + extra_mib}M"
+    if spec.console_pipe is not None:
+        console = f"pipe,id=console,path={spec.console_pipe},logfile={spec.console_log}"
+    else:
+        console = f"file,id=console,path={spec.console_log}"
     cmd = [
         QEMU_BINARY, "-name", spec.name,
         "-machine", machine,
         "-cpu", cpu, "-smp", str(spec.cpus), "-m", memory,
         "-object", mem,
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-no-reboot",
-        "-chardev", f"file,id=console,path={spec.console_log}", "-serial", "chardev:console",
+        "-chardev", console, "-serial", "chardev:console",
         "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
         "-kernel", str(spec.kernel), "-initrd", str(spec.initrd),
         "-append", f"console=ttyS0 panic=1 {spec.append}".strip(),

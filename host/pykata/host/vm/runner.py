@@ -47,6 +47,8 @@ from pykata.host.vm.state import AGENT_PORT, process_alive
 log = logging.getLogger(__name__)
 
 VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
+CONSOLE_PIPE = "console.pipe"  # QEMU's pipe chardev reads <it>.in and writes <it>.out
+CONSOLE_FIFOS = [f"{CONSOLE_PIPE}.in", f"{CONSOLE_PIPE}.out"]
 UNIX_LISTENING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix
 # Seconds each process gets to exit by itself before SIGTERM, in stop order: QEMU after
 # QMP quit, virtiofsd once QEMU hung up; the vsock back-end serves until told to stop.
@@ -71,8 +73,9 @@ class Nic:
 
 
 def remove_sockets(workdir: Path) -> None:
-    """Remove every socket a VM creates in its workdir (the ``_<port>`` ones are users')."""
-    names = ["qmp.sock", "vhost-vsock.sock", "vsock.sock", "virtiofsd.sock"]
+    """Remove every socket and FIFO a VM creates in its workdir (the ``_<port>`` sockets are
+    users')."""
+    names = ["qmp.sock", "vhost-vsock.sock", "vsock.sock", "virtiofsd.sock", *CONSOLE_FIFOS]
     for path in [workdir / n for n in names]:
         path.unlink(missing_ok=True)
 
@@ -108,6 +111,7 @@ class VM:
         scsi: bool = False,
         nic: Nic | None = None,
         nvdimm: Path | None = None,
+        console_pipe: bool = False,
     ) -> None:
         """``accel`` None probes KVM and falls back to TCG; ``detach`` lets the processes
         outlive this one (``kata-agent-ctl vm up``); ``vsock_connect_timeout`` is our vsock
@@ -115,7 +119,9 @@ class VM:
         root ports (``hp0`` at slot 0x10, ...) and ``scsi`` a virtio-scsi controller
         (``scsi0``) give :meth:`qmp` somewhere to hot-plug disks; ``nic`` a virtio-net NIC
         on a TAP in another network namespace (see :class:`Nic`); ``nvdimm`` a file (its size
-        a multiple of 2 MiB) the guest sees as persistent memory, ``/dev/pmem0``."""
+        a multiple of 2 MiB) the guest sees as persistent memory, ``/dev/pmem0``;
+        ``console_pipe`` the console also in the FIFO :attr:`console_stream`, which the caller
+        must read from ``start()`` on (the guest's console stalls once 64 KiB are unread)."""
         self.kernel = Path(kernel)
         self.initrd = Path(initrd)
         self.shared_dir = Path(shared_dir) if shared_dir is not None else None
@@ -135,6 +141,9 @@ class VM:
         self.scsi = scsi
         self.nic = nic
         self.nvdimm = Path(nvdimm) if nvdimm is not None else None
+        self.console_pipe = console_pipe
+        # time.monotonic() just before QEMU was spawned: the zero of a boot's timeline.
+        self.qemu_started: float | None = None
         self.kernel_vsock = VHOST_VSOCK_DEVICE.exists()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[BinaryIO] = []
@@ -144,6 +153,11 @@ class VM:
     @property
     def console_log(self) -> Path:
         return self.workdir / "console.log"
+
+    @property
+    def console_stream(self) -> Path:
+        """The FIFO QEMU writes the console to when ``console_pipe`` was asked for."""
+        return self.workdir / CONSOLE_FIFOS[1]
 
     @property
     def hybrid_socket(self) -> Path:
@@ -192,6 +206,9 @@ class VM:
                 vsock = qemu.KernelVsock(self.guest_cid)
             else:
                 vsock = qemu.VhostUserVsock(await self._start_vsock_backend())
+            if self.console_pipe:
+                for fifo in CONSOLE_FIFOS:
+                    os.mkfifo(self.workdir / fifo)
             spec = qemu.MachineSpec(
                 kernel=self.kernel,
                 initrd=self.initrd,
@@ -209,10 +226,12 @@ class VM:
                 nic=qemu.TapNic(self.nic.tap, self.nic.mac) if self.nic else None,
                 nvdimm=self.nvdimm.resolve() if self.nvdimm else None,
                 nvdimm_size=nvdimm_size,
+                console_pipe=self.workdir / CONSOLE_PIPE if self.console_pipe else None,
             )
             cmd = qemu.command(spec)
             if nic_namespace is not None:
                 cmd = ["nsenter", f"--net={nic_namespace}", "--", *cmd]
+            self.qemu_started = time.monotonic()
             proc = self._spawn("qemu", cmd)
             log.info("VM %s: QEMU started (%s)", self.name, self.accel)
             if self.nic is not None:
