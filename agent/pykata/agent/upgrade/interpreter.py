@@ -7,9 +7,7 @@ finds what the running code found (protobuf, say) and nothing the image left out
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
 
 def flags() -> list[str]:
@@ -31,8 +29,8 @@ def argv() -> list[str]:
     return [sys.executable, *flags()]
 
 
-def library_path(running_code: Path) -> str:
-    """sys.path as JSON, without the running code's own folder (the new code takes its
-    place) and without the empty entry of ``-c``."""
-    own = os.path.realpath(running_code)
-    return json.dumps([p for p in sys.path if p and os.path.realpath(p) != own])
+def library_path() -> str:
+    """sys.path as JSON, without the empty entry of ``-c``. The running code's folder stays
+    (other packages may live there, protobuf in an image's dist-packages): the new code goes
+    before it, and pykata being a namespace package, its modules are found there first."""
+    return json.dumps([p for p in sys.path if p])

@@ -9,6 +9,10 @@ ttrpc, protocols); only ``pykata/`` and ``*.dist-info/`` entries are unpacked.
 from __future__ import annotations
 
 import contextlib
+
+# zipfile decodes member names with cp437 (unless flagged UTF-8) through the codec registry,
+# which a static import closure (the slim initrd's) cannot see: named here so it is kept.
+import encodings.cp437  # noqa: F401
 import hashlib
 import json
 import os
@@ -146,7 +150,7 @@ SELF_CHECK = (
 async def self_check(code: Path, reaper: Reaper) -> SelfCheck:
     """Run the new code's own check in a child process started as the agent was (imports,
     config, versions)."""
-    path = interpreter.library_path(running_code())
+    path = interpreter.library_path()
     argv = [*interpreter.argv(), "-c", SELF_CHECK, str(code), path]
     try:
         status, out, err = await reaper.run(argv, timeout=SELF_CHECK_TIMEOUT)

@@ -86,7 +86,7 @@ def execute(
         "--code",
         str(code),
         "--path",
-        interpreter.library_path(running_code()),
+        interpreter.library_path(),
         "--previous",
         str(running_code()),
         "--state",
