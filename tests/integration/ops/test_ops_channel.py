@@ -146,6 +146,7 @@ async def test_dump_state_holds_the_sandbox_containers_and_fds(
     for stream in ("stdin", "stdout", "stderr"):
         fd = process[stream]["fd"]
         assert os.readlink(f"/proc/{agent_process.pid}/fd/{fd}").startswith("pipe:")
+    assert process["stdout"]["buffered_bytes"] == 0 and "buffer" not in process["stdout"]
 
 
 async def test_ops_answers_while_100_reads_are_pending_on_the_agent_api(

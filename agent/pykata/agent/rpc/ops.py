@@ -42,7 +42,7 @@ class OpsHandlers:
         return ops_pb2.SetLogLevelResponse(previous=previous, level=level)
 
     async def DumpState(self, request: ops_pb2.DumpStateRequest) -> ops_pb2.DumpStateResponse:
-        dump = upgrade_state.capture(self._runtime)
+        dump = upgrade_state.describe(self._runtime)
         return ops_pb2.DumpStateResponse(json=json.dumps(dump, indent=1, sort_keys=True))
 
     async def Upgrade(self, request: ops_pb2.UpgradeRequest) -> ops_pb2.UpgradeStatusResponse:

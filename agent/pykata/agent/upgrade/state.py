@@ -8,6 +8,7 @@ so a rollback can keep them inheritable without understanding the rest.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -45,6 +46,20 @@ def capture(runtime: AgentRuntime) -> dict[str, Any]:
         "reaper": runtime.reaper.snapshot(),
         "sandbox": runtime.sandbox.snapshot(),
     }
+
+
+def describe(runtime: AgentRuntime) -> dict[str, Any]:
+    """The state for a person (DumpState): as captured, but each stream's output not read
+    yet by its size instead of its bytes (up to 4 MiB each would not fit one answer)."""
+    state = capture(runtime)
+    for container in state["sandbox"]["containers"]:
+        table = container["processes"]
+        for process in [container["init"], *table["live"], *table["draining"]]:
+            for name in ("stdout", "stderr"):
+                stream = process[name] if process is not None else None
+                if stream is not None:
+                    stream["buffered_bytes"] = len(base64.b64decode(stream.pop("buffer")))
+    return state
 
 
 def restored_config(state: dict[str, Any]) -> AgentConfig:
