@@ -151,12 +151,13 @@ async def test_an_agent_that_cannot_read_the_state_is_refused(
 
 
 async def test_a_wheel_crashing_on_restore_rolls_back_with_containers_untouched(
-    pod: Pod, ops: Any, wheels: dict[str, Path]
+    pod: Pod, ops: Any, wheels: dict[str, Path], init_pid: int
 ) -> None:
     await pod.start("steady", ["sh", "-c", COUNTER])
     counter = Counter(pod, "steady")
     await counter.lines_beyond(20)
     before = await status_of(ops)
+    fds = fd_count(init_pid)
     await send_upgrade(ops, wheels["crash-on-restore"].read_bytes())
     status = await wait_outcome(ops, UPGRADE_WITHIN)
     assert status.phase == "rolled-back"
@@ -164,6 +165,7 @@ async def test_a_wheel_crashing_on_restore_rolls_back_with_containers_untouched(
     after = await status_of(ops)
     assert (after.agent_version, after.generation) == (before.agent_version, before.generation)
     assert pids_of(after) == pids_of(before)
+    assert fd_count(init_pid) == fds
     await counter.lines_beyond(50)
     await counter.finish()
     await pod.remove("steady")
@@ -202,12 +204,13 @@ async def test_kata_agent_ctl_upgrades_from_chunks_and_from_a_guest_path(
 
 
 async def test_a_new_agent_not_ready_in_time_is_replaced_by_the_previous_one(
-    pod: Pod, ops: Any, wheels: dict[str, Path]
+    pod: Pod, ops: Any, wheels: dict[str, Path], init_pid: int
 ) -> None:
     await pod.start("patient", ["sh", "-c", COUNTER])
     counter = Counter(pod, "patient")
     await counter.lines_beyond(20)
     before = await status_of(ops)
+    fds = fd_count(init_pid)
     await send_upgrade(ops, wheels["hang-on-restore"].read_bytes(), ready_timeout=3)
     status = await wait_outcome(ops, UPGRADE_WITHIN)
     assert (status.phase, status.message) == (
@@ -217,6 +220,7 @@ async def test_a_new_agent_not_ready_in_time_is_replaced_by_the_previous_one(
     after = await status_of(ops)
     assert (after.agent_version, after.generation) == (before.agent_version, before.generation)
     assert pids_of(after) == pids_of(before)
+    assert fd_count(init_pid) == fds
     await counter.lines_beyond(20)
     await counter.finish()
     await pod.remove("patient")
