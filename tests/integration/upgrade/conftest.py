@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -38,8 +39,36 @@ def ops_address(work_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def agent_env(ops_address: str, cgroup_parent: str) -> dict[str, str]:
+def agent_env(ops_address: str, cgroup_parent: str, no_agent_left: None) -> dict[str, str]:
     return {"KATA_AGENT_OPS_ADDR": ops_address}
+
+
+def agents_of(ops_address: str) -> list[int]:
+    marker = f"KATA_AGENT_OPS_ADDR={ops_address}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def no_agent_left(ops_address: str) -> Iterator[None]:
+    """Once the module's agent was stopped (its fixtures depend on this one), no agent of it
+    runs on: however often it was upgraded or rolled back, it still dies with the unshare
+    that started it (--kill-child: its parent-death signal)."""
+    yield
+    left = []
+    for _ in range(50):
+        left = agents_of(ops_address)
+        if not left:
+            return
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"agents outlived their test module: {left}")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The first code an upgrade's execve runs, from the *previous* agent's tree (known good):
-``python FLAGS boot.py --code DIR --path JSON --state FD [--previous DIR --ready R,W
---deadline S] [--rolled-back REASON]``, FLAGS and ``--path`` (sys.path) as the agent ran.
+``python FLAGS boot.py --code DIR --path JSON --pdeathsig N --state FD [--previous DIR
+--ready R,W --deadline S] [--rolled-back REASON]``, FLAGS, ``--path`` (sys.path) and
+``--pdeathsig`` (the parent-death signal, lost by an exec from a thread) as the agent ran.
 
 It imports nothing of pykata itself, puts ``--code`` first on sys.path and runs that code's
 ``pykata.agent.upgrade.restore``. With ``--previous`` it guards the new code: if the restore
@@ -12,6 +13,7 @@ which the previous agent wrote and can read. A rolled-back agent runs unguarded.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
@@ -19,8 +21,10 @@ import sys
 import threading
 
 _rolling_back = threading.Lock()
-# --path as given (JSON), passed on to a rollback.
+PR_SET_PDEATHSIG = 1
+# --path (JSON) and --pdeathsig as given, passed on to a rollback.
 _library_path = "[]"
+_pdeathsig = "0"
 
 
 def _options(argv: list[str]) -> dict[str, str]:
@@ -52,6 +56,7 @@ def rollback(previous: str, state_fd: int, reason: str) -> None:
         # The interpreter and its flags as this process was started.
         python = sys.orig_argv[: sys.orig_argv.index(sys.argv[0])]
         argv = [*python, boot, "--code", previous, "--path", _library_path]
+        argv += ["--pdeathsig", _pdeathsig]
         os.execv(sys.executable, [*argv, "--state", str(state_fd), "--rolled-back", reason[:2000]])
 
 
@@ -64,10 +69,15 @@ def _watch(ready: int, deadline: float, previous: str, state_fd: int) -> None:
 
 
 def main(argv: list[str]) -> None:
+    global _library_path, _pdeathsig
     options = _options(argv)
     code = options["code"]
     state_fd = int(options["state"])
     previous = options.get("previous", "")
+    _library_path = options["path"]
+    _pdeathsig = options["pdeathsig"]
+    if int(_pdeathsig):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(_pdeathsig), 0, 0, 0)
     ready_w = -1
     if previous:
         ready_r, ready_w = (int(fd) for fd in options["ready"].split(","))
@@ -77,8 +87,6 @@ def main(argv: list[str]) -> None:
         threading.Thread(
             target=_watch, args=(ready_r, deadline, previous, state_fd), daemon=True
         ).start()
-    global _library_path
-    _library_path = options["path"]
     path = json.loads(_library_path)
     sys.path[:] = [code, *path, *(p for p in sys.path if p and p not in path)]
     try:

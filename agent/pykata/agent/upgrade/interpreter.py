@@ -6,8 +6,13 @@ finds what the running code found (protobuf, say) and nothing the image left out
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
+
+from pykata.agent.libc import libc
+
+PR_GET_PDEATHSIG = 2
 
 
 def flags() -> list[str]:
@@ -34,3 +39,12 @@ def library_path() -> str:
     (other packages may live there, protobuf in an image's dist-packages): the new code goes
     before it, and pykata being a namespace package, its modules are found there first."""
     return json.dumps([p for p in sys.path if p])
+
+
+def parent_death_signal() -> int:
+    """The signal this process gets when its parent dies (prctl PR_SET_PDEATHSIG; 0: none).
+    An exec from the main thread keeps it, one from another thread (boot.py's watchdog) does
+    not: boot.py sets it again from this number. Tests rely on it (``unshare --kill-child``)."""
+    sig = ctypes.c_int(0)
+    libc.prctl(PR_GET_PDEATHSIG, ctypes.byref(sig), 0, 0, 0)
+    return sig.value

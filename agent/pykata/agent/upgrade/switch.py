@@ -87,6 +87,8 @@ def execute(
         str(code),
         "--path",
         interpreter.library_path(),
+        "--pdeathsig",
+        str(interpreter.parent_death_signal()),
         "--previous",
         str(running_code()),
         "--state",
