@@ -52,9 +52,10 @@ def tree(guest_artifacts: Result, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def in_tree(root: Path, *argv: str) -> str:
-    # A pid namespace of its own with a fresh /proc: crun re-executes itself through it.
+    # A pid namespace of its own with a fresh /proc (crun re-executes itself through it),
+    # whose processes die with unshare when a timeout kills it.
     return subprocess.run(
-        ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={root}/proc",
+        ["unshare", "--mount", "--pid", "--fork", "--kill-child", f"--mount-proc={root}/proc",
          "chroot", str(root), *argv],
         capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pykata.agent
+from pykata.agent.upgrade import interpreter
 from pykata.host.agent_wheel import build_agent_wheel
 
 AGENT_DIR = str(Path(pykata.agent.__file__).resolve().parent.parent.parent)
@@ -49,3 +50,22 @@ def test_an_agent_run_like_the_slim_init_self_checks_new_code_the_same_way(
     result = json.loads(done.stdout)
     assert result["argv"] == [sys.executable, "-I", "-S", "-OO"]
     assert result["check"] == ["7.7.7", [1]]
+
+
+def test_the_library_path_drops_unpacked_versions(tmp_path: Path) -> None:
+    """After several upgrades sys.path holds earlier versions' folders: the next new agent
+    gets none of them, so the path does not grow with each upgrade."""
+    versions = tmp_path / "versions"
+    code = f"""
+import sys
+sys.path[:0] = ["", {str(versions / "a")!r}, {str(versions / "b")!r}, {str(versions / "a")!r}]
+from pathlib import Path
+from pykata.agent.upgrade import interpreter
+print(interpreter.library_path(Path({str(versions)!r})))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    path = json.loads(out)
+    assert path and not [p for p in path if p.startswith(str(versions)) or not p]
+    assert interpreter.library_path(versions) == json.dumps([p for p in sys.path if p])

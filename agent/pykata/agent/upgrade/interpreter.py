@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import sys
+from pathlib import Path
 
 from pykata.agent.libc import libc
 
@@ -34,11 +35,13 @@ def argv() -> list[str]:
     return [sys.executable, *flags()]
 
 
-def library_path() -> str:
-    """sys.path as JSON, without the empty entry of ``-c``. The running code's folder stays
-    (other packages may live there, protobuf in an image's dist-packages): the new code goes
-    before it, and pykata being a namespace package, its modules are found there first."""
-    return json.dumps([p for p in sys.path if p])
+def library_path(versions: Path) -> str:
+    """sys.path as JSON, without the empty entry of ``-c`` and without the unpacked agents
+    under ``versions``: the new code goes first, and earlier versions must neither pile up
+    (one more entry per upgrade) nor stay behind it. The folder the agent was installed in
+    stays (other packages live there, protobuf in an image's dist-packages): pykata being a
+    namespace package, the new code's modules are found first."""
+    return json.dumps([p for p in sys.path if p and not Path(p).is_relative_to(versions)])
 
 
 def parent_death_signal() -> int:

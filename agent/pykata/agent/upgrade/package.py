@@ -150,7 +150,7 @@ SELF_CHECK = (
 async def self_check(code: Path, reaper: Reaper) -> SelfCheck:
     """Run the new code's own check in a child process started as the agent was (imports,
     config, versions)."""
-    path = interpreter.library_path()
+    path = interpreter.library_path(VERSIONS)
     argv = [*interpreter.argv(), "-c", SELF_CHECK, str(code), path]
     try:
         status, out, err = await reaper.run(argv, timeout=SELF_CHECK_TIMEOUT)

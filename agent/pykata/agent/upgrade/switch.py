@@ -22,7 +22,7 @@ from pykata.agent.errors import FailedPrecondition, Internal
 from pykata.agent.ops.runtime import AgentRuntime
 from pykata.agent.upgrade import interpreter
 from pykata.agent.upgrade import state as upgrade_state
-from pykata.agent.upgrade.package import running_code
+from pykata.agent.upgrade.package import VERSIONS, running_code
 
 logger = log.get("upgrade")
 
@@ -86,7 +86,7 @@ def execute(
         "--code",
         str(code),
         "--path",
-        interpreter.library_path(),
+        interpreter.library_path(VERSIONS),
         "--pdeathsig",
         str(interpreter.parent_death_signal()),
         "--previous",
