@@ -110,8 +110,9 @@ async def serve(
         "uptime": bootclock.uptime(),
     }
     logger.info("agent ready", extra=ready)
-    # The storages of the first requests need the kernel modules PID 1 is still loading.
-    loaded = asyncio.to_thread(pid1.wait_modules, modules)
+    # The storages of the first requests need the kernel modules PID 1 is still loading
+    # (no thread to wait in when there are none: each thread costs a malloc arena).
+    loaded = None if modules is None else asyncio.to_thread(pid1.wait_modules, modules)
     sandbox = await wiring.serve_agent(
         ttrpc_server,
         config,
