@@ -354,8 +354,8 @@ class Sandbox:
                 raise AlreadyExists("the sandbox is already created")
             os.makedirs(SANDBOX_DIR, exist_ok=True)
             try:
-                for module in kernel_modules:
-                    await self._load_module(module)
+                if kernel_modules:
+                    await self._load_modules(kernel_modules)
                 self.namespaces["ipc"] = namespaces.persist("ipc")
                 self.namespaces["uts"] = namespaces.persist("uts", hostname)
                 self.mounts = await self.storages.add(storages)
@@ -370,14 +370,19 @@ class Sandbox:
             self.running = True
             logger.info("sandbox created", extra={"sandbox": sandbox_id})
 
-    async def _load_module(self, module: KernelModule) -> None:
-        def load() -> None:
-            kmod.load(kmod.ModuleIndex(kmod.modules_dir()), module.name, module.parameters)
+    async def _load_modules(self, modules: list[KernelModule]) -> None:
+        """Each module in order, against one reading of the kernel's module index."""
 
+        def load() -> None:
+            index = kmod.ModuleIndex(kmod.modules_dir())
+            for module in modules:
+                kmod.load(index, module.name, module.parameters)
+
+        names = ", ".join(module.name for module in modules)
         try:
-            await blocking.bounded(load, MODULE_LOAD_TIMEOUT, f"loading module {module.name}")
+            await blocking.bounded(load, MODULE_LOAD_TIMEOUT, f"loading modules {names}")
         except kmod.ModuleError as exc:
-            raise FailedPrecondition(f"kernel module {module.name}: {exc}") from exc
+            raise FailedPrecondition(f"kernel modules {names}: {exc}") from exc
 
     def _setup_dns(self, dns: list[str]) -> None:
         if not dns:
