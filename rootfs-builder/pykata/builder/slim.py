@@ -36,6 +36,7 @@ PRUNED = ("usr/bin", "usr/sbin", "usr/libexec", "usr/lib")
 # Never pruned below usr/lib: the kernel's modules, the os-release, module-load lists.
 UNTOUCHED = ("usr/lib/modules", "usr/lib/os-release", "usr/lib/modules-load.d")
 PROGRAMS = (
+    "usr/bin/python3",
     "usr/bin/kata-agent",
     "usr/bin/crun",
     "usr/bin/dash",
@@ -44,7 +45,7 @@ PROGRAMS = (
     "usr/sbin/ldconfig",
 )
 # Names that lead to kept programs (symlinks are kept when their target is).
-PROGRAM_LINKS = ("usr/bin/python3", "usr/bin/sh", "usr/sbin/iptables*", "usr/sbin/ip6tables*")
+PROGRAM_LINKS = ("usr/bin/sh", "usr/sbin/iptables*", "usr/sbin/ip6tables*")
 LIBRARY_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib")
 # Loaded with dlopen, so no DT_NEEDED names them.
 DLOPENED = (
@@ -92,6 +93,8 @@ from pykata.agent.main import main
 raise SystemExit(main())
 """
 
+# Links followed from a name to its file at most (as the kernel's ELOOP limit).
+MAX_LINKS = 40
 ELF_MAGIC = b"\x7fELF"
 SHT_DYNAMIC = 6
 DT_NEEDED = 1
@@ -138,40 +141,30 @@ class Keep:
 
     def add(self, relative: Path) -> Path | None:
         """Keep ``relative`` and every link on the way to its file; the file, or None."""
-        seen = 0
-        while seen < 40:
-            seen += 1
-            path = self.root / relative
-            if not path.is_symlink() and not path.exists():
+        for _ in range(MAX_LINKS):
+            if not (self.root / relative).is_symlink() and not (self.root / relative).exists():
                 return None
             # A parent folder may be a link too (/lib -> usr/lib): keep the real route.
-            parent = Path(os.path.relpath(self._resolve_dir(relative.parent), self.root))
-            relative = parent / relative.name
+            relative = self._real_dir(relative.parent) / relative.name
             self.paths.add(relative)
-            path = self.root / relative
-            if not path.is_symlink():
+            if not (self.root / relative).is_symlink():
                 return relative
-            target = Path(os.readlink(path))
-            relative = Path(
-                os.path.normpath(
-                    target.relative_to("/") if target.is_absolute() else parent / target
-                )
-            )
+            relative = self._target(relative)
         return None
 
-    def _resolve_dir(self, relative: Path) -> Path:
-        path = self.root
+    def _target(self, relative: Path) -> Path:
+        """Where the link at ``relative`` points, relative to the root."""
+        target = Path(os.readlink(self.root / relative))
+        base = Path("/") if target.is_absolute() else Path("/") / relative.parent
+        return Path(os.path.normpath(base / target)).relative_to("/")
+
+    def _real_dir(self, relative: Path) -> Path:
+        real = Path()
         for part in relative.parts:
-            path = path / part
-            while path.is_symlink():
-                target = Path(os.readlink(path))
-                path = (
-                    self.root / target.relative_to("/")
-                    if target.is_absolute()
-                    else (path.parent / target)
-                )
-                path = Path(os.path.normpath(path))
-        return path
+            real /= part
+            while (self.root / real).is_symlink():
+                real = self._target(real)
+        return real
 
     def glob(self, pattern: str) -> list[Path]:
         return [p.relative_to(self.root) for p in sorted(self.root.glob(pattern))]
@@ -244,14 +237,6 @@ def python_modules(site: Path, stdlib: Path) -> tuple[list[Path], list[str]]:
     return files, missing
 
 
-def module_files(source: Path) -> list[Path]:
-    """A module's file with its compiled forms (``__pycache__``)."""
-    if source.suffix != ".py":
-        return [source]
-    cache = source.parent / "__pycache__"
-    return [source, *sorted(cache.glob(f"{source.stem}.*.pyc"))]
-
-
 def plan(root: Path) -> tuple[Keep, list[str]]:
     """What stays, and the problems found (a library or a module that is nowhere)."""
     keep = Keep(root)
@@ -263,30 +248,26 @@ def plan(root: Path) -> tuple[Keep, list[str]]:
             problems.append(f"program {program} is missing")
         else:
             binaries.append(found)
-    python = keep.add(Path("usr/bin/python3"))
-    if python is None:
-        problems.append("usr/bin/python3 is missing")
-    else:
-        binaries.append(python)
-    for pattern in (*PROGRAM_LINKS, *DLOPENED):
+    for pattern in DLOPENED:
+        for path in keep.glob(pattern):
+            found = keep.add(path)
+            if found is not None:
+                binaries.append(found)
+    for pattern in PROGRAM_LINKS:
         for path in keep.glob(pattern):
             target = (root / path).resolve()
-            if target.is_relative_to(root) and (
-                target.relative_to(root) in keep.paths or pattern in DLOPENED
-            ):
-                found = keep.add(path)
-                if found is not None:
-                    binaries.append(found)
+            if target.is_relative_to(root) and target.relative_to(root) in keep.paths:
+                keep.add(path)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     site = Path("/usr/lib/python3/dist-packages")
     files, missing = python_modules(root / site.relative_to("/"), root / stdlib.relative_to("/"))
     problems.extend(f"python module {name} not found" for name in missing if _expected(name))
+    # Sources only: compile_modules() compiles what stays, for the way /init runs Python.
     for source in files:
-        for path in module_files(source):
-            relative = path.relative_to(root)
-            keep.add(relative)
-            if path.suffix == ".so":
-                binaries.append(relative)
+        relative = source.relative_to(root)
+        keep.add(relative)
+        if source.suffix == ".so":
+            binaries.append(relative)
     for dist_info in (root / site.relative_to("/")).glob("*.dist-info"):
         for path in dist_info.rglob("*"):
             keep.add(path.relative_to(root))
