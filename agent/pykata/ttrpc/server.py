@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Collection, Coroutine
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -102,6 +103,21 @@ def _error_response(code: int, message: str) -> bytes:
     return ttrpc_pb2.Response(status=status).SerializeToString()
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A request being answered: its task, and what a hand-over to another process
+    re-dispatches (the Request frame's payload)."""
+
+    task: asyncio.Task[None]
+    service: str
+    method: str
+    request: bytes
+
+    @property
+    def route(self) -> str:
+        return f"{self.service}/{self.method}"
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self._server = server
@@ -109,10 +125,7 @@ class _Connection(asyncio.Protocol):
         self._budget = server._budget
         self._max_inflight = server._max_inflight
         self._decoder = FrameDecoder(budget=server._budget)
-        self._inflight: dict[int, asyncio.Task[None]] = {}
-        # Service, method and Request bytes of each in-flight stream: what a hand-over to
-        # another process re-dispatches there.
-        self._requests: dict[int, tuple[str, str, bytes]] = {}
+        self._inflight: dict[int, _InFlight] = {}
         self._transport: asyncio.Transport | None = None
         self._writer: FrameWriter | None = None
         self._loop = asyncio.get_running_loop()
@@ -152,9 +165,8 @@ class _Connection(asyncio.Protocol):
             log.debug("ttrpc: connection closed in the middle of a frame")
         self._decoder.close()
         self._transport = None
-        self._requests.clear()
-        for task in self._inflight.values():
-            task.cancel()
+        for flight in self._inflight.values():
+            flight.task.cancel()
 
     # Stop reading requests while the peer is not reading our responses.
     def pause_writing(self) -> None:
@@ -171,7 +183,7 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        return list(self._inflight.values())
+        return [flight.task for flight in self._inflight.values()]
 
     def _track_partial_frame(self, completed: bool) -> None:
         """Start the receive deadline of a frame left incomplete: from its first bytes, so a
@@ -241,21 +253,21 @@ class _Connection(asyncio.Protocol):
         self._send_error(stream_id, Code.RESOURCE_EXHAUSTED, message)
 
     def _request(self, stream_id: int, payload: bytes, charge: int) -> None:
-        task: asyncio.Task[None] | None = None
+        flight: _InFlight | None = None
         try:
-            task = self._start(stream_id, payload)
+            flight = self._start(stream_id, payload)
         finally:
             if charge:
                 budget = self._budget
-                if task is None or task.done():
+                if flight is None or flight.task.done():
                     budget.release(charge)
                 else:
-                    task.add_done_callback(lambda _task: budget.release(charge))
-        if task is not None and not task.done():
-            self._inflight[stream_id] = task
+                    flight.task.add_done_callback(lambda _task: budget.release(charge))
+        if flight is not None and not flight.task.done():
+            self._inflight[stream_id] = flight
 
-    def _start(self, stream_id: int, payload: bytes) -> asyncio.Task[None] | None:
-        """The task answering the request, or None if it was answered at once."""
+    def _start(self, stream_id: int, payload: bytes) -> _InFlight | None:
+        """The request being answered, or None if it was answered at once."""
         try:
             request = _parse_request(payload)
         except DecodeError as exc:
@@ -291,9 +303,7 @@ class _Connection(asyncio.Protocol):
             task = _start_task(
                 self._run(stream_id, method, request.payload, request.timeout_nano), self._loop
             )
-        if not task.done():
-            self._requests[stream_id] = (request.service, request.method, payload)
-        return task
+        return _InFlight(task, request.service, request.method, payload)
 
     def _route(self, service: str, name: str) -> Method | None:
         methods = self._services.get(service)
@@ -309,7 +319,6 @@ class _Connection(asyncio.Protocol):
             message = self._server._services.unrouted(request.service, request.method)
             self._send_error(stream_id, Code.UNIMPLEMENTED, message)
             self._inflight.pop(stream_id, None)
-            self._requests.pop(stream_id, None)
             return
         await self._run(stream_id, method, request.payload, request.timeout_nano)
 
@@ -360,7 +369,6 @@ class _Connection(asyncio.Protocol):
             self._send_error(stream_id, code, message)
         finally:
             self._inflight.pop(stream_id, None)
-            self._requests.pop(stream_id, None)
 
     def _send_error(self, stream_id: int, code: int, message: str) -> None:
         if self._writer is not None and self._transport is not None:
@@ -379,7 +387,7 @@ class _Connection(asyncio.Protocol):
             self._decoder.partial()
         except ValueError:
             busy = 1
-        busy += sum(1 for s, m, _ in self._requests.values() if f"{s}/{m}" not in resumable)
+        busy += sum(1 for flight in self._inflight.values() if flight.route not in resumable)
         if self._writer is not None and self._writer.queued:
             busy += 1
         return busy + self._transport.get_write_buffer_size()
@@ -399,10 +407,10 @@ class _Connection(asyncio.Protocol):
             "pending": [
                 {
                     "stream_id": sid,
-                    "route": f"{service}/{method}",
-                    "request": base64.b64encode(raw).decode(),
+                    "route": flight.route,
+                    "request": base64.b64encode(flight.request).decode(),
                 }
-                for sid, (service, method, raw) in self._requests.items()
+                for sid, flight in self._inflight.items()
             ],
         }
 
