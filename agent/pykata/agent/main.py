@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from types import ModuleType
 
 from pykata.agent import bootclock, lazyimport, log, pid1
@@ -155,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         serving_module().run(config, modules=loading)
     except BaseException:
         logger.exception("init failed")
-    logger.info("powering off")
     pid1.power_off()
-    while True:  # PID 1 must never exit: that would panic the kernel
-        time.sleep(3600)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import socket
 import struct
 import sys
 import threading
+import time
+from typing import NoReturn
 
 from pykata.agent import kmod, log
 from pykata.agent.libc import last_error, libc
@@ -301,11 +303,13 @@ def init(cgroup_v2: bool) -> threading.Thread | None:
     return start_modules(modules_to_load())
 
 
-def power_off() -> None:
-    """sync and power the VM off; only returns if the kernel refused.
+def power_off() -> NoReturn:
+    """sync and power the VM off; never returns: PID 1 exiting would panic the kernel (if
+    the kernel refuses, it sleeps).
 
     sync waits for every file system, a virtio-fs share whose daemon died included, which
     never answers: it gets SYNC_TIMEOUT, then the VM goes off regardless."""
+    logger.info("powering off")
     syncer = threading.Thread(target=os.sync, name="sync", daemon=True)
     syncer.start()
     syncer.join(SYNC_TIMEOUT)
@@ -315,3 +319,5 @@ def power_off() -> None:
         logger.critical(
             "reboot(RB_POWER_OFF) failed", extra={"error": last_error("reboot").strerror}
         )
+    while True:
+        time.sleep(3600)

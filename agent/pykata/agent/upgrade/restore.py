@@ -67,7 +67,4 @@ def run(state_fd: int, ready_fd: int, rolled_back: str) -> int:
     code = int(daemon.run(config, restored=restored))
     if not pid1.is_pid1():
         return code
-    logger.info("powering off")
     pid1.power_off()
-    while True:  # PID 1 must never exit: that would panic the kernel
-        time.sleep(3600)
