@@ -6,24 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from machine_spec import spec
+
 from pykata.host.vm import qemu
 from pykata.host.vm.runner import CONSOLE_FIFOS, VM, remove_sockets
-
-
-def spec(**changes: object) -> qemu.MachineSpec:
-    base = dict(
-        kernel=Path("/k"),
-        initrd=Path("/i"),
-        append="quiet",
-        accel="tcg",
-        memory_mib=512,
-        cpus=1,
-        console_log=Path("/w/console.log"),
-        qmp_socket=Path("/w/qmp.sock"),
-        vsock=qemu.VhostUserVsock(Path("/w/vhost-vsock.sock")),
-        virtiofs_socket=None,
-    )
-    return qemu.MachineSpec(**(base | changes))  # type: ignore[arg-type]
 
 
 def chardev(cmd: list[str]) -> str:

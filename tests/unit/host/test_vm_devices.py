@@ -9,25 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from machine_spec import spec
 
 from pykata.host.vm import netns, qemu
 from pykata.host.vm.runner import VM, VMError
-
-
-def spec(**changes: object) -> qemu.MachineSpec:
-    base = dict(
-        kernel=Path("/k"),
-        initrd=Path("/i"),
-        append="",
-        accel="tcg",
-        memory_mib=512,
-        cpus=1,
-        console_log=Path("/w/console.log"),
-        qmp_socket=Path("/w/qmp.sock"),
-        vsock=qemu.VhostUserVsock(Path("/w/vhost-vsock.sock")),
-        virtiofs_socket=None,
-    )
-    return qemu.MachineSpec(**(base | changes))  # type: ignore[arg-type]
 
 
 def test_no_nic_no_network_options() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import machine_spec
 import pytest
 
 from pykata.host.vm import qemu, state
@@ -66,19 +67,8 @@ def test_process_alive_checks_the_command_line(tmp_path: Path) -> None:
 
 
 def spec(**changes: object) -> qemu.MachineSpec:
-    base = dict(
-        kernel=Path("/k"),
-        initrd=Path("/i"),
-        append="agent.log=debug",
-        accel="tcg",
-        memory_mib=512,
-        cpus=1,
-        console_log=Path("/w/console.log"),
-        qmp_socket=Path("/w/qmp.sock"),
-        vsock=qemu.VhostUserVsock(Path("/w/vhost-vsock.sock")),
-        virtiofs_socket=Path("/w/virtiofsd.sock"),
-    )
-    return qemu.MachineSpec(**(base | changes))  # type: ignore[arg-type]
+    base = {"append": "agent.log=debug", "virtiofs_socket": Path("/w/virtiofsd.sock")}
+    return machine_spec.spec(**(base | changes))
 
 
 def test_qemu_command_shares_memory_with_vhost_user_backends() -> None:
