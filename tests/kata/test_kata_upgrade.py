@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agent_pod import COUNTER
 from stack import RUNTIME, Kata, ShimMissing, start_stack
-from upgrade_pod import COUNTER
 
 from pykata.builder import build
 from pykata.host.agent_wheel import build_agent_wheel

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from upgrade_pod import COUNTER
+from agent_pod import COUNTER
 
 from pykata.builder.build import Result
 from pykata.host.agent_wheel import build_agent_wheel

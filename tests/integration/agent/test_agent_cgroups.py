@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_pod import SHARED, share_in
 from pid1_wrapper import pid1_wrapper
 
 from pykata.agent.rpc.convert.oci import from_dict
@@ -25,7 +26,6 @@ from pykata.ttrpc.errors import InvalidArgument, NotFound
 
 pytestmark = pytest.mark.root
 
-SHARED = "/run/kata-containers/shared/containers"
 RPC_TIMEOUT = 30
 AGENT_CGROUP = f"pykata-agent-{secrets.token_hex(4)}"
 FOREIGN = f"pykata-foreign-{secrets.token_hex(4)}"
@@ -97,12 +97,6 @@ def agent_view(init_pid: int, path: str) -> Path:
     return Path(f"/proc/{init_pid}/root{path}")
 
 
-def share(init_pid: int, rootfs: Path, cid: str) -> None:
-    target = f"{SHARED}/{cid}/rootfs"
-    script = f"mkdir -p {target} && mount --bind {rootfs} {target}"
-    subprocess.run(["nsenter", "-t", str(init_pid), "-m", "sh", "-c", script], check=True)
-
-
 def request(cid: str, cgroups_path: str, root: str = "") -> agent_pb2.CreateContainerRequest:
     data = {
         "ociVersion": "1.0.2",
@@ -149,7 +143,7 @@ async def test_create_sandbox(agent: Any, work_dir: Path) -> None:
 async def test_cgroups_path_naming_the_agents_own_cgroup_never_freezes_it(
     agent: Any, agent_address: str, init_pid: int, busybox_rootfs: Path
 ) -> None:
-    share(init_pid, busybox_rootfs, "own")
+    share_in(init_pid, busybox_rootfs, "own")
     await agent.CreateContainer(request("own", f"/{AGENT_CGROUP}"), timeout=RPC_TIMEOUT)
     await agent.StartContainer(
         agent_pb2.StartContainerRequest(container_id="own"), timeout=RPC_TIMEOUT
@@ -172,7 +166,7 @@ async def test_cgroups_path_of_another_container_is_refused(
     agent: Any, init_pid: int, busybox_rootfs: Path
 ) -> None:
     for cid in ("first", "second"):
-        share(init_pid, busybox_rootfs, cid)
+        share_in(init_pid, busybox_rootfs, cid)
     await agent.CreateContainer(request("first", f"/{POD}/first"), timeout=RPC_TIMEOUT)
     await agent.StartContainer(
         agent_pb2.StartContainerRequest(container_id="first"), timeout=RPC_TIMEOUT
@@ -201,7 +195,7 @@ async def test_a_foreign_cgroup_and_its_sentinel_survive(
     try:
         (foreign / "cgroup.procs").write_text(str(sentinel.pid))
         # A create that fails (no such root) tears down whatever cgroup it would have had;
-        share(init_pid, busybox_rootfs, "intruder")
+        share_in(init_pid, busybox_rootfs, "intruder")
         for path in (f"/kata/{FOREIGN}", f"/{FOREIGN}"):
             with pytest.raises(InvalidArgument):
                 await agent.CreateContainer(
@@ -228,7 +222,7 @@ async def test_a_foreign_cgroup_and_its_sentinel_survive(
 async def test_a_dropped_client_during_create_container_leaves_nothing(
     agent: Any, agent_address: str, init_pid: int, busybox_rootfs: Path, work_dir: Path
 ) -> None:
-    share(init_pid, busybox_rootfs, "dropped")
+    share_in(init_pid, busybox_rootfs, "dropped")
     (work_dir / "slow").touch()  # the guest prestart hook now takes 2 s
     try:
         client = await Client.connect(agent_address, timeout=5.0)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_pod import SHARED, share_in
 from pid1_wrapper import host_cgroup_state, pid1_wrapper
 
 from pykata.agent.rpc.convert.oci import from_dict
@@ -25,7 +26,6 @@ from pykata.ttrpc.errors import InvalidArgument, Unimplemented
 
 pytestmark = pytest.mark.root
 
-SHARED = "/run/kata-containers/shared/containers"
 CRI_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 1"}
 RPC_TIMEOUT = 60
 
@@ -101,13 +101,6 @@ def host_before() -> list[str]:
     return host_sysctls()
 
 
-def share(init_pid: int, rootfs: Path, cid: str) -> None:
-    """Bind the rootfs where virtio-fs would show it, inside the agent's mount namespace."""
-    target = f"{SHARED}/{cid}/rootfs"
-    script = f"mkdir -p {target} && mount --bind {rootfs} {target}"
-    subprocess.run(["nsenter", "-t", str(init_pid), "-m", "sh", "-c", script], check=True)
-
-
 def spec(cid: str, args: list[str], **extra: Any) -> oci_pb2.Spec:
     process = extra.pop("process", {})
     linux = extra.pop("linux", {})
@@ -170,7 +163,7 @@ async def test_create_sandbox_with_guest_hooks(agent: Any, hooks_dir: Path) -> N
 async def test_pause_with_cri_sysctls_and_apparmor_runs(
     agent: Any, init_pid: int, rootfs: Path, work_dir: Path, host_before: list[str]
 ) -> None:
-    share(init_pid, rootfs, "pause")
+    share_in(init_pid, rootfs, "pause")
     pause = spec(
         "pause",
         ["sleep", "3600"],
@@ -208,7 +201,7 @@ async def test_pause_with_cri_sysctls_and_apparmor_runs(
 async def test_app_shares_the_pause_pid_namespace_as_a_named_user(
     agent: Any, init_pid: int, rootfs: Path
 ) -> None:
-    share(init_pid, rootfs, "app")
+    share_in(init_pid, rootfs, "app")
     await create_and_start(
         agent,
         agent_pb2.CreateContainerRequest(
@@ -253,7 +246,7 @@ async def test_exec_as_a_named_user(agent: Any) -> None:
 async def test_unknown_user_and_unhonoured_fields_are_refused(
     agent: Any, init_pid: int, rootfs: Path
 ) -> None:
-    share(init_pid, rootfs, "bad")
+    share_in(init_pid, rootfs, "bad")
     with pytest.raises(InvalidArgument, match="user 'ghost' not found"):
         await agent.CreateContainer(
             agent_pb2.CreateContainerRequest(

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import agent_pod
 import pytest
 
-from pykata.agent.rpc.convert.oci import from_dict
 from pykata.protocols import agent_pb2, health_pb2, oci_pb2, ops_pb2
 from pykata.ttrpc import Client
 from pykata.ttrpc.errors import InvalidArgument
 
 pytestmark = pytest.mark.root
 
-SHARED = "/run/kata-containers/shared/containers"
 RUN = secrets.token_hex(3)
 OPS_SERVICE = ops_pb2.DESCRIPTOR.services_by_name["Ops"]
 PENDING_READS = 100
@@ -46,17 +45,7 @@ async def ops(ops_address: str, agent_process: subprocess.Popen[bytes]) -> Any:
 
 
 def spec(cid: str, args: list[str]) -> oci_pb2.Spec:
-    data = {
-        "ociVersion": "1.0.2",
-        "process": {"args": args, "env": ["PATH=/bin"], "cwd": "/"},
-        "root": {"path": f"{SHARED}/{cid}/rootfs"},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
-            "cgroupsPath": f"/pykata-ops-{RUN}-{cid}",
-        },
-    }
-    return from_dict(data, oci_pb2.Spec())
+    return agent_pod.spec(cid, args, f"pykata-ops-{RUN}")
 
 
 @pytest.fixture(scope="module")

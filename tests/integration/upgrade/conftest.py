@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_pod import Pod, share_in
 from pid1_wrapper import pid1_wrapper
-from upgrade_pod import Pod, share_in
 
 from pykata.host.agent_wheel import build_agent_wheel
 from pykata.host.ctl.ops import ops_stub

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from upgrade_pod import COUNTER, RPC_TIMEOUT, Counter, Pod
+from agent_pod import COUNTER, RPC_TIMEOUT, Counter, Pod
 
 from pykata.host.agent_wheel import sha256_of
 from pykata.host.ctl.ops import send_upgrade, upgrade, wait_outcome

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from upgrade_pod import RPC_TIMEOUT, Pod
+from agent_pod import RPC_TIMEOUT, Pod
 
 from pykata.host.ctl.ops import upgrade
 from pykata.protocols import agent_pb2

@@ -1,5 +1,6 @@
-"""A pod driven through the agent API across upgrades (integration and VM tiers): containers
-on the busybox rootfs, a counter container whose numbered output must arrive whole."""
+"""A pod driven through the agent API (integration and VM tiers): the busybox rootfs shared
+into a PID-1 agent's mount namespace, container specs, and for upgrades a counter container
+whose numbered output must arrive whole."""
 
 from __future__ import annotations
 
