@@ -100,8 +100,10 @@ class Reaper:
         stderr: int | None = None,
         env: Mapping[str, str] | None = None,
         setsid: bool = False,
+        executable: str | None = None,
     ) -> int:
         """Start ``argv`` with the given fds as its stdio (None: /dev/null); returns the pid.
+        ``executable``: the file to run instead of ``argv[0]`` looked up in PATH.
 
         Only the three stdio fds are inherited: everything else the agent holds is
         close-on-exec.
@@ -111,8 +113,9 @@ class Reaper:
         try:
             for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
                 actions.append((os.POSIX_SPAWN_DUP2, null if fd is None else fd, target))
-            return os.posix_spawnp(
-                argv[0],
+            spawn = os.posix_spawnp if executable is None else os.posix_spawn
+            return spawn(
+                argv[0] if executable is None else executable,
                 argv,
                 dict(os.environ if env is None else env),
                 file_actions=actions,
@@ -130,6 +133,7 @@ class Reaper:
         input: bytes | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (the agent-wide interface)
+        executable: str | None = None,
     ) -> tuple[int, bytes, bytes]:
         """Run ``argv`` to completion: (exit code, stdout, stderr).
 
@@ -141,7 +145,9 @@ class Reaper:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = self.spawn(argv, stdin=in_r, stdout=out_w, stderr=err_w, env=env)
+            pid = self.spawn(
+                argv, stdin=in_r, stdout=out_w, stderr=err_w, env=env, executable=executable
+            )
         except BaseException:
             for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
                 os.close(fd)

@@ -111,3 +111,9 @@ def test_spawn_resets_ignored_sigpipe() -> None:
         ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
     assert exit_code(status) == 0
     assert not ignored & (1 << (signal.SIGPIPE - 1))
+
+
+async def test_run_executable_replaces_path_lookup(reaper: Reaper) -> None:
+    # argv[0] stays what the program sees; the file run is ``executable``.
+    code, out, _ = await reaper.run(["not-in-path", "-c", 'echo "$0"'], executable="/bin/sh")
+    assert (code, out) == (0, b"not-in-path\n")
