@@ -75,9 +75,11 @@ def start_stack(
     artifacts = kataconfig.Artifacts(guest.kernel, "initrd", guest.artifact)
     text = kataconfig.configuration(artifacts, kataconfig.tools_dir(), debug=debug)
     if kernel_params:
-        if 'kernel_params = ""' not in text:
-            raise RuntimeError("the generated configuration has no empty kernel_params line")
-        text = text.replace('kernel_params = ""', f"kernel_params = {json.dumps(kernel_params)}")
+        line = f"kernel_params = {json.dumps(kataconfig.KERNEL_PARAMS)}"
+        if line not in text:
+            raise RuntimeError(f"the generated configuration has no line {line!r}")
+        params = f"{kataconfig.KERNEL_PARAMS} {kernel_params}"
+        text = text.replace(line, f"kernel_params = {json.dumps(params)}")
     config.write_text(text)
     daemon = Containerd(work / "containerd", [shim_dir()], {"KATA_CONF_FILE": str(config)})
     daemon.start()

@@ -79,7 +79,7 @@ def test_qemu_command_shares_memory_with_vhost_user_backends() -> None:
     assert "vhost-user-vsock-pci,chardev=vsock" in joined
     assert "socket,id=vsock,path=/w/vhost-vsock.sock" in joined
     assert "vhost-user-fs-pci,chardev=virtiofs,tag=kataShared" in joined
-    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 panic=1 agent.log=debug"
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0 panic=1 init_on_alloc=0 agent.log=debug"
 
 
 def test_qemu_command_with_kernel_vsock_and_kvm() -> None:
