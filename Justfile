@@ -125,3 +125,8 @@ bench-upgrade *args: setup
 # threads, cgroups; RSS; rates against runc directly.
 soak *args: setup
     {{python}} tests/bench/bench_soak.py {{args}}
+
+# Agent memory by import: the guest's Python chrooted in the unpacked initrd, step by step
+# (interpreter, asyncio, protobuf/ttRPC, agent start, AgentService) and per subsystem.
+bench-memory *args: setup
+    {{python}} tests/bench/bench_memory.py {{args}}
