@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ from pykata.host.ctl.target import Target
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.runner import VM
 from pykata.host.vm.state import VMState
-from pykata.protocols import agent_pb2, health_pb2
+from pykata.protocols import agent_pb2, health_pb2, oci_pb2
 from pykata.ttrpc.errors import DeadlineExceeded, NotFound
 
 pytestmark = [
@@ -56,15 +56,29 @@ class Guest:
         self.rootfs = rootfs
         self.mounts: dict[str, Path] = {}
 
-    async def create(self, args: list[str], memory_limit: int = 0) -> str:
+    async def create(
+        self,
+        args: list[str],
+        memory_limit: int = 0,
+        *,
+        name: str = "",
+        mounts: Sequence[oci_pb2.Mount] = (),
+        shared_mounts: Sequence[agent_pb2.SharedMount] = (),
+    ) -> str:
+        """A started container; ``name``: its CRI name (annotation)."""
         cid = f"e2e-{secrets.token_hex(4)}"
         root, self.mounts[cid] = share_rootfs(self.target, cid, self.rootfs)
         spec = build_spec(ProcessOptions(args=args), root, HOSTNAME)
         if memory_limit:
             spec.Linux.Resources.Memory.Limit = memory_limit
+        if name:
+            spec.Annotations["io.kubernetes.cri.container-name"] = name
+        spec.Mounts.extend(mounts)
         await self.session.agent_empty(
             "CreateContainer",
-            agent_pb2.CreateContainerRequest(container_id=cid, exec_id=cid, OCI=spec),
+            agent_pb2.CreateContainerRequest(
+                container_id=cid, exec_id=cid, OCI=spec, shared_mounts=shared_mounts
+            ),
         )
         await self.session.agent_empty(
             "StartContainer", agent_pb2.StartContainerRequest(container_id=cid)
@@ -329,6 +343,27 @@ async def test_oom_event(guest: Guest) -> None:
     finally:
         oom.cancel()
         await guest.remove(cid)
+
+
+async def test_shared_mount_between_containers(guest: Guest) -> None:
+    # crun runs with --no-pivot in the initramfs: container roots are chroots here.
+    exchange = oci_pb2.Mount(destination="/exchange", type="tmpfs", source="tmpfs")
+    source = await guest.create(["sleep", "1000"], name="src", mounts=[exchange])
+    sink = ""
+    try:
+        eid = await guest.exec(source, ["sh", "-c", "echo shared > /exchange/note"])
+        assert await guest.output(source, eid) == b""
+        assert await guest.wait(source, eid) == 0
+        mount = agent_pb2.SharedMount(
+            name="exchange", src_ctr="src", src_path="/exchange", dst_ctr="dst", dst_path="/in"
+        )
+        sink = await guest.create(["cat", "/in/note"], name="dst", shared_mounts=[mount])
+        assert await guest.output(sink, sink) == b"shared\n"
+        assert await guest.wait(sink, sink) == 0
+    finally:
+        if sink:
+            await guest.remove(sink)
+        await guest.remove(source)
 
 
 async def test_destroy_powers_off_and_guest_log_is_clean(vm: VM, guest: Guest) -> None:

@@ -313,9 +313,19 @@ def make_dirs(path: str, root: str, field: str, mode: int = 0o755) -> list[str]:
     meanwhile cannot redirect it; on failure, what was made is removed again."""
     parts = lexical(path, root, field)
     root_fd = open_root(root, create=True)
-    fds = [root_fd]
+    try:
+        return make_dirs_at(root_fd, parts, field, path, os.path.normpath(root), mode)
+    finally:
+        os.close(root_fd)
+
+
+def make_dirs_at(
+    root_fd: int, parts: list[str], field: str, path: str, base: str, mode: int = 0o755
+) -> list[str]:
+    """make_dirs below an fd of the root (``base``: that root's path, for the list made)."""
+    fds = [os.dup(root_fd)]
     made: list[tuple[int, str, str]] = []  # (index of parent fd, name, absolute path)
-    current = os.path.normpath(root)
+    current = base
     try:
         for name in parts:
             current = os.path.join(current, name)

@@ -16,6 +16,8 @@ from pykata.agent.container.bundle import Bundle
 from pykata.agent.container.container import Container
 from pykata.agent.container.guestenv import apply_net_sysctls, guest_lsms, load_guest_hooks
 from pykata.agent.container.runtime import OciRuntime, detect
+from pykata.agent.container.shared_mounts import SharedMount, attach, container_name
+from pykata.agent.container.shared_mounts import validate as validate_shared_mounts
 from pykata.agent.container.spec import rewrite_spec
 from pykata.agent.device.registry import Devices
 from pykata.agent.device.spec import DeviceSpec, update_spec_devices
@@ -145,11 +147,13 @@ class Sandbox:
         devices: list[DeviceSpec] | None = None,
         sandbox_pidns: bool,
         string_user: StringUser | None = None,
+        shared_mounts: list[SharedMount] | None = None,
     ) -> None:
         """Bundle, storages and ``runtime create``: the init waits for start_container.
 
         ``exec_id`` defaults to the container id; a failing step undoes the ones before.
-        With ``sandbox_pidns`` the container joins the first container's pid namespace.
+        With ``sandbox_pidns`` the container joins the first container's pid namespace;
+        ``shared_mounts`` are cloned in from other containers before it starts.
         The work runs shielded from the request's cancellation (a dropped client): a
         cancelled request waits for it and then undoes it, so nothing is left half-made.
         """
@@ -162,6 +166,7 @@ class Sandbox:
         root = spec.get("root", {}).get("path", "")
         if not root:
             raise InvalidArgument("the OCI spec has no root path")
+        mounts = validate_shared_mounts(shared_mounts or [])
         shared = dict(self.namespaces)
         if sandbox_pidns and (pidns := self._sandbox_pidns()):
             shared["pid"] = pidns
@@ -171,7 +176,7 @@ class Sandbox:
         try:
             work = asyncio.ensure_future(
                 self._create_container(
-                    cid, exec_id, spec, root, shared, storages, devices or [], string_user
+                    cid, exec_id, spec, root, shared, storages, devices or [], string_user, mounts
                 )
             )
             try:
@@ -213,6 +218,7 @@ class Sandbox:
         storages: list[StorageSpec],
         devices: list[DeviceSpec],
         string_user: StringUser | None,
+        shared_mounts: list[SharedMount],
     ) -> Container:
         runtime = await self._oci_runtime()
         bundle = Bundle(cid)
@@ -244,6 +250,9 @@ class Sandbox:
             resolve_process_user(bundle.rootfs, guest.spec["process"], string_user)
             apply_net_sysctls(guest.net_sysctls, cid)
             await container.launch(exec_id)
+            if shared_mounts:
+                assert container.init is not None
+                await attach(shared_mounts, self._init_pids_by_name(), container.init.pid)
         except BaseException:
             try:
                 await container.destroy()
@@ -253,6 +262,14 @@ class Sandbox:
                 self.containers[cid] = container
             raise
         return container
+
+    def _init_pids_by_name(self) -> dict[str, int]:
+        """The init pid of each container with a CRI name (shared mounts' sources)."""
+        return {
+            name: container.init.pid
+            for container in self.containers.values()
+            if container.init is not None and (name := container_name(container.spec))
+        }
 
     def _claim_cgroup(self, cid: str, path: str) -> None:
         """Refuse a cgroup that is the agent's, above it, or another container's."""

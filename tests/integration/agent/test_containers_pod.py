@@ -22,10 +22,11 @@ from pid1_wrapper import host_cgroup_state, pid1_wrapper
 
 from pykata.agent.rpc.convert.oci import from_dict
 from pykata.protocols import agent_pb2, oci_pb2
-from pykata.ttrpc.errors import InvalidArgument, Unimplemented
+from pykata.ttrpc.errors import InvalidArgument
 
 pytestmark = pytest.mark.root
 
+CRI_NAME = "io.kubernetes.cri.container-name"
 CRI_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 1"}
 RPC_TIMEOUT = 60
 
@@ -74,7 +75,9 @@ def hooks_dir(work_dir: Path) -> Path:
     for kind in ("prestart", "poststart", "poststop"):
         hook = hooks / kind / "record"
         hook.parent.mkdir(parents=True)
-        hook.write_text(f'#!/bin/sh\necho "$1" >> {work_dir}/hooks.out\n')
+        # The kind, then the container's id from the state on stdin.
+        record = f'echo "$1 $(sed -n \'s/.*"id": *"\\([^"]*\\)".*/\\1/p\')" >> {work_dir}/hooks.out'
+        hook.write_text(f"#!/bin/sh\n{record}\n")
         hook.chmod(0o755)
     return hooks
 
@@ -243,9 +246,7 @@ async def test_exec_as_a_named_user(agent: Any) -> None:
     assert resp.data.startswith(b"uid=1234(app) gid=1234(app)")
 
 
-async def test_unknown_user_and_unhonoured_fields_are_refused(
-    agent: Any, init_pid: int, rootfs: Path
-) -> None:
+async def test_unknown_user_is_refused(agent: Any, init_pid: int, rootfs: Path) -> None:
     share_in(init_pid, rootfs, "bad")
     with pytest.raises(InvalidArgument, match="user 'ghost' not found"):
         await agent.CreateContainer(
@@ -256,15 +257,121 @@ async def test_unknown_user_and_unhonoured_fields_are_refused(
             ),
             timeout=RPC_TIMEOUT,
         )
-    with pytest.raises(Unimplemented, match="shared_mounts"):
-        await agent.CreateContainer(
-            agent_pb2.CreateContainerRequest(
-                container_id="bad",
-                OCI=spec("bad", ["true"]),
-                shared_mounts=[agent_pb2.SharedMount(name="m", src_ctr="pause", dst_ctr="bad")],
-            ),
+
+
+async def output_and_status(agent: Any, cid: str) -> tuple[int, bytes]:
+    """All the stdout of container ``cid``'s process, and its exit status."""
+    out = b""
+    while True:
+        resp = await agent.ReadStdout(
+            agent_pb2.ReadStreamRequest(container_id=cid, exec_id=cid, len=65536),
             timeout=RPC_TIMEOUT,
         )
+        if not resp.data:
+            break
+        out += resp.data
+    status = await agent.WaitProcess(
+        agent_pb2.WaitProcessRequest(container_id=cid, exec_id=cid), timeout=RPC_TIMEOUT
+    )
+    return status.status, out
+
+
+def named(cid: str, args: list[str], name: str, *mounts: dict[str, Any]) -> oci_pb2.Spec:
+    """A container spec as CRI makes it: its name in the pod as an annotation."""
+    base = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]},
+    ]
+    return spec(cid, args, mounts=[*base, *mounts], annotations={CRI_NAME: name})
+
+
+SINK = "cat /from-src/note && echo back > /from-src/reply"
+
+
+async def test_shared_mount_from_another_container(agent: Any, init_pid: int, rootfs: Path) -> None:
+    share_in(init_pid, rootfs, "source")
+    exchange = {"destination": "/exchange", "type": "tmpfs", "source": "tmpfs"}
+    await create_and_start(
+        agent,
+        agent_pb2.CreateContainerRequest(
+            container_id="source",
+            exec_id="source",
+            OCI=named("source", ["sleep", "3600"], "src", exchange),
+        ),
+    )
+    code, _ = await run(agent, "source", "write", ["sh", "-c", "echo from-source > /exchange/note"])
+    assert code == 0
+    share_in(init_pid, rootfs, "sink")
+    await create_and_start(
+        agent,
+        agent_pb2.CreateContainerRequest(
+            container_id="sink",
+            exec_id="sink",
+            OCI=named(
+                "sink", ["sh", "-c", "cat /from-src/note && echo back > /from-src/reply"], "dst"
+            ),
+            shared_mounts=[
+                agent_pb2.SharedMount(
+                    name="exchange",
+                    src_ctr="src",
+                    src_path="/exchange",
+                    dst_ctr="dst",
+                    dst_path="/from-src",
+                )
+            ],
+        ),
+    )
+    assert await output_and_status(agent, "sink") == (0, b"from-source\n")
+    # The same mount, not a copy: what the sink wrote, the source reads.
+    assert await run(agent, "source", "read", ["cat", "/exchange/reply"]) == (0, b"back\n")
+    # Nothing of it in the guest's own mount namespace.
+    mountinfo = Path(f"/proc/{init_pid}/mountinfo").read_text()  # noqa: ASYNC240
+    assert "/from-src" not in mountinfo
+
+
+async def test_shared_mount_through_a_symlink_is_refused_and_undone(
+    agent: Any, init_pid: int, rootfs: Path
+) -> None:
+    (rootfs / "leads-out").symlink_to("/etc")
+    share_in(init_pid, rootfs, "linked")
+    request = agent_pb2.CreateContainerRequest(
+        container_id="linked",
+        exec_id="linked",
+        OCI=named("linked", ["true"], "linked"),
+        shared_mounts=[
+            agent_pb2.SharedMount(
+                name="x", src_ctr="src", src_path="/exchange", dst_path="/leads-out/x"
+            )
+        ],
+    )
+    with pytest.raises(InvalidArgument, match=r"shared_mounts\[0\].dst_path: .* symlink"):
+        await agent.CreateContainer(request, timeout=RPC_TIMEOUT)
+    assert not Path(f"/proc/{init_pid}/root/etc/x").is_symlink()  # noqa: ASYNC240
+    assert not Path(f"/proc/{init_pid}/root/etc/x").exists()  # noqa: ASYNC240
+    # The failed creation was undone: the id is free again.
+    del request.shared_mounts[:]
+    await create_and_start(agent, request)
+    assert await output_and_status(agent, "linked") == (0, b"")
+
+
+async def test_shared_mount_from_a_missing_container_is_left_out(
+    agent: Any, init_pid: int, rootfs: Path
+) -> None:
+    share_in(init_pid, rootfs, "lonely")
+    await create_and_start(
+        agent,
+        agent_pb2.CreateContainerRequest(
+            container_id="lonely",
+            exec_id="lonely",
+            OCI=named("lonely", ["sh", "-c", "test ! -e /never-made"], "lonely"),
+            shared_mounts=[
+                agent_pb2.SharedMount(
+                    name="x", src_ctr="nobody", src_path="/exchange", dst_path="/never-made"
+                )
+            ],
+        ),
+    )
+    assert await output_and_status(agent, "lonely") == (0, b"")
 
 
 async def test_destroy_sandbox(
@@ -273,7 +380,10 @@ async def test_destroy_sandbox(
     await agent.DestroySandbox(agent_pb2.DestroySandboxRequest(), timeout=RPC_TIMEOUT)
     agent_process.wait(timeout=15)
     # Run as the Rust agent runs them: argv is the hook's name, then its kind.
-    lines = (work_dir / "hooks.out").read_text().splitlines()
-    assert sorted(set(lines)) == ["poststart", "poststop", "prestart"]
-    # Two containers ran (pause and app); a hook may run once more for a failed create.
-    assert lines.count("poststart") == 2 and lines.count("poststop") >= 2
+    runs = [line.split() for line in (work_dir / "hooks.out").read_text().splitlines()]
+    assert {kind for kind, _ in runs} == {"poststart", "poststop", "prestart"}
+    # Once per container made; "linked" twice: the creation refused for its shared mount had
+    # run its hooks before it was undone.
+    started = ["pause", "app", "source", "sink", "linked", "linked", "lonely"]
+    assert sorted(cid for kind, cid in runs if kind == "poststart") == sorted(started)
+    assert set(started) <= {cid for kind, cid in runs if kind == "poststop"}

@@ -156,12 +156,6 @@ def test_no_guest_hooks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        (
-            agent_pb2.CreateContainerRequest(
-                shared_mounts=[agent_pb2.SharedMount(name="m", src_ctr="a", dst_ctr="b")]
-            ),
-            "CreateContainerRequest.shared_mounts",
-        ),
         (agent_pb2.CreateContainerRequest(stdin_port=5), "CreateContainerRequest.stdin_port"),
         (agent_pb2.CreateContainerRequest(stdout_port=5), "CreateContainerRequest.stdout_port"),
         (agent_pb2.ExecProcessRequest(stderr_port=7), "ExecProcessRequest.stderr_port"),

@@ -9,7 +9,7 @@ from google.protobuf import empty_pb2
 from pykata.agent.cgroups.stats import network_stats
 from pykata.agent.rpc.convert import oci
 from pykata.agent.rpc.convert.devices import device_specs
-from pykata.agent.rpc.convert.requests import refuse_unhonoured, string_user
+from pykata.agent.rpc.convert.requests import refuse_unhonoured, shared_mounts, string_user
 from pykata.agent.rpc.convert.storages import storage_specs
 from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2
@@ -29,6 +29,7 @@ class ContainerHandlers:
             devices=device_specs(request.devices),
             sandbox_pidns=request.sandbox_pidns,
             string_user=string_user(request.string_user),
+            shared_mounts=shared_mounts(request.shared_mounts),
         )
         return empty_pb2.Empty()
 
