@@ -26,8 +26,8 @@ async def test_version(health: Any) -> None:
 
 
 async def test_unimplemented_rpc_answers_unimplemented(agent: Any) -> None:
-    with pytest.raises(Unimplemented, match="AddSwap"):
-        await agent.AddSwap(agent_pb2.AddSwapRequest())
+    with pytest.raises(Unimplemented, match="ResizeVolume"):
+        await agent.ResizeVolume(agent_pb2.ResizeVolumeRequest())
 
 
 def test_announce_is_the_first_json_log_line(

@@ -23,6 +23,8 @@ IMPLEMENTED = {
         "OnlineCPUMem",
         "MemHotplugByProbe",
         "ReseedRandomDev",
+        "AddSwap",
+        "AddSwapPath",
         "GetMetrics",
         # files and storages
         "CopyFile",
@@ -61,8 +63,6 @@ IMPLEMENTED = {
 UNIMPLEMENTED = {
     "grpc.Health": set(),
     "grpc.AgentService": {
-        "AddSwap",
-        "AddSwapPath",
         "GetDiagnosticData",
         "MemAgentCompactSet",
         "MemAgentMemcgSet",

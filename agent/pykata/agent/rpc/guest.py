@@ -1,10 +1,10 @@
-"""AgentService RPCs about the guest itself: clock, entropy, CPU and memory hotplug."""
+"""AgentService RPCs about the guest itself: clock, entropy, CPU and memory hotplug, swap."""
 
 from __future__ import annotations
 
 from google.protobuf import empty_pb2
 
-from pykata.agent import cpuset, guest
+from pykata.agent import cpuset, guest, swap
 from pykata.agent.sandbox import Sandbox
 from pykata.protocols import agent_pb2
 
@@ -32,4 +32,12 @@ class GuestHandlers:
 
     async def ReseedRandomDev(self, req: agent_pb2.ReseedRandomDevRequest) -> empty_pb2.Empty:
         guest.reseed_random(req.data)
+        return empty_pb2.Empty()
+
+    async def AddSwap(self, req: agent_pb2.AddSwapRequest) -> empty_pb2.Empty:
+        await swap.add_by_pci_path(self._sandbox.devices, list(req.PCIPath))
+        return empty_pb2.Empty()
+
+    async def AddSwapPath(self, req: agent_pb2.AddSwapPathRequest) -> empty_pb2.Empty:
+        await swap.add_by_path(self._sandbox.devices, req.path)
         return empty_pb2.Empty()
