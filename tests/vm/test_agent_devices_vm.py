@@ -1,10 +1,10 @@
 """Hot-plugged disks in our guest: block storages found by PCI path and SCSI address, a raw
-disk passed as a container device with the guest's numbers.
+disk passed as a container device with the guest's numbers, a swap disk.
 
-ONE VM (two empty PCIe root ports and a virtio-scsi controller) serves the module. Disks are
+ONE VM (three empty PCIe root ports and a virtio-scsi controller) serves the module. Disks are
 hot-plugged over QMP after CreateSandbox, as the Kata runtime does: an ext4 image behind root
-port hp0 (PCI path ``10/00``), a raw disk behind hp1 (``11/00``) and an ext4 image as SCSI
-target 1 LUN 0 (``1:0``).
+port hp0 (PCI path ``10/00``), a raw disk behind hp1 (``11/00``), a swap area (mkswap) behind
+hp2 (``12/00``) and an ext4 image as SCSI target 1 LUN 0 (``1:0``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pykata.host.ctl.target import Target
 from pykata.host.rootfs import make_busybox_rootfs
 from pykata.host.vm.runner import VM
 from pykata.protocols import agent_pb2, health_pb2, oci_pb2
-from pykata.ttrpc.errors import DeadlineExceeded, InvalidArgument
+from pykata.ttrpc.errors import AlreadyExists, DeadlineExceeded, InvalidArgument
 
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.asyncio(loop_scope="module")]
 
@@ -69,7 +69,7 @@ async def vm(guest_artifacts: Result, workdir: Path) -> AsyncIterator[VM]:
         shared_dir=workdir / "shared",
         workdir=workdir / "vm",
         name=f"dev-{os.getpid()}",
-        hotplug_ports=2,
+        hotplug_ports=3,
         scsi=True,
         # Under TCG a hot-plugged SCSI disk takes seconds to probe.
         append=f"agent.hotplug_timeout={HOTPLUG_TIMEOUT}",
@@ -215,3 +215,32 @@ async def test_missing_device_and_unknown_type(session: Session, vm: VM, rootfs:
     vfio = agent_pb2.Device(id="0000:01:00.0", type="vfio-pci", container_path="/dev/vfio/1")
     with pytest.raises(InvalidArgument, match="vfio-pci"):
         await run(session, vm, rootfs, "true", devices=[vfio])
+
+
+def swap_image(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkswap", "-q", str(path)], check=True)
+    return path
+
+
+async def test_swap_on_a_hot_plugged_disk(
+    session: Session, vm: VM, rootfs: Path, workdir: Path, disks: None
+) -> None:
+    image = swap_image(workdir / "swap.img", 8 << 20)
+    await hotplug_disk(vm, image, "swap", {"driver": "virtio-blk-pci", "bus": "hp2", "addr": "0"})
+    await session.agent_empty("AddSwap", agent_pb2.AddSwapRequest(PCIPath=[0x12, 0x00]))
+    code, out = await run(session, vm, rootfs, "tail -n +2 /proc/swaps; ls /sys/block")
+    assert code == 0
+    swaps, *names = out.splitlines()
+    node, kind, size_kib = swaps.split()[:3]
+    assert kind == "partition" and 7000 < int(size_kib) <= 8192
+    # The same disk again, by PCI path or by node: already swapping.
+    with pytest.raises(AlreadyExists):
+        await session.agent_empty("AddSwap", agent_pb2.AddSwapRequest(PCIPath=[0x12, 0x00]))
+    with pytest.raises(AlreadyExists):
+        await session.agent_empty("AddSwapPath", agent_pb2.AddSwapPathRequest(path=node))
+    # Another disk, with no swap area on it.
+    other = next(f"/dev/{n}" for n in names if n.startswith("vd") and f"/dev/{n}" != node)
+    with pytest.raises(InvalidArgument, match="no swap area"):
+        await session.agent_empty("AddSwapPath", agent_pb2.AddSwapPathRequest(path=other))
