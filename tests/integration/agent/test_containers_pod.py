@@ -27,6 +27,7 @@ from pykata.ttrpc.errors import InvalidArgument
 pytestmark = pytest.mark.root
 
 CRI_NAME = "io.kubernetes.cri.container-name"
+TERMINATION_LOG = "/dev/termination-log"
 CRI_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 1"}
 RPC_TIMEOUT = 60
 
@@ -374,6 +375,28 @@ async def test_shared_mount_from_a_missing_container_is_left_out(
     assert await output_and_status(agent, "lonely") == (0, b"")
 
 
+async def test_termination_message(agent: Any, init_pid: int, rootfs: Path) -> None:
+    # CRI's termination log: a file of the shared folder bind-mounted at the path annotated.
+    source = f"{SHARED}/told-termination-log"
+    script = f"mkdir -p {SHARED} && : > {source}"
+    command = ["nsenter", "-t", str(init_pid), "-m", "sh", "-c", script]
+    await asyncio.to_thread(subprocess.run, command, check=True)
+    share_in(init_pid, rootfs, "told")
+    log = {"destination": TERMINATION_LOG, "source": source, "type": "bind", "options": ["rbind"]}
+    told = named("told", ["sh", "-c", f"echo 'no config' > {TERMINATION_LOG}; exit 2"], "told", log)
+    told.Annotations["io.kubernetes.container.terminationMessagePath"] = TERMINATION_LOG
+    await create_and_start(
+        agent, agent_pb2.CreateContainerRequest(container_id="told", exec_id="told", OCI=told)
+    )
+    assert await output_and_status(agent, "told") == (2, b"")
+    request = agent_pb2.GetDiagnosticDataRequest(log_type="termination_log", container_id="told")
+    reply = await agent.GetDiagnosticData(request, timeout=RPC_TIMEOUT)
+    assert reply.data == "no config\n"
+    request.log_type = "kernel"
+    with pytest.raises(InvalidArgument, match="unsupported diagnostic log_type: 'kernel'"):
+        await agent.GetDiagnosticData(request, timeout=RPC_TIMEOUT)
+
+
 async def test_destroy_sandbox(
     agent: Any, agent_process: subprocess.Popen[bytes], work_dir: Path
 ) -> None:
@@ -384,6 +407,6 @@ async def test_destroy_sandbox(
     assert {kind for kind, _ in runs} == {"poststart", "poststop", "prestart"}
     # Once per container made; "linked" twice: the creation refused for its shared mount had
     # run its hooks before it was undone.
-    started = ["pause", "app", "source", "sink", "linked", "linked", "lonely"]
+    started = ["pause", "app", "source", "sink", "linked", "linked", "lonely", "told"]
     assert sorted(cid for kind, cid in runs if kind == "poststart") == sorted(started)
     assert set(started) <= {cid for kind, cid in runs if kind == "poststop"}

@@ -40,6 +40,7 @@ IMPLEMENTED = {
         "UpdateContainer",
         "StatsContainer",
         "GetOOMEvent",
+        "GetDiagnosticData",
         # processes
         "ExecProcess",
         "SignalProcess",
@@ -63,7 +64,6 @@ IMPLEMENTED = {
 UNIMPLEMENTED = {
     "grpc.Health": set(),
     "grpc.AgentService": {
-        "GetDiagnosticData",
         "MemAgentCompactSet",
         "MemAgentMemcgSet",
         "ResizeVolume",

@@ -7,6 +7,8 @@ import dataclasses
 from google.protobuf import empty_pb2
 
 from pykata.agent.cgroups.stats import network_stats
+from pykata.agent.container import termination
+from pykata.agent.errors import InvalidArgument
 from pykata.agent.rpc.convert import oci
 from pykata.agent.rpc.convert.devices import device_specs
 from pykata.agent.rpc.convert.requests import refuse_unhonoured, shared_mounts, string_user
@@ -69,3 +71,12 @@ class ContainerHandlers:
 
     async def GetOOMEvent(self, request: agent_pb2.GetOOMEventRequest) -> agent_pb2.OOMEvent:
         return agent_pb2.OOMEvent(container_id=await self._sandbox.oom_events.get())
+
+    async def GetDiagnosticData(
+        self, request: agent_pb2.GetDiagnosticDataRequest
+    ) -> agent_pb2.GetDiagnosticDataResponse:
+        if request.log_type != "termination_log":
+            raise InvalidArgument(f"unsupported diagnostic log_type: {request.log_type!r}")
+        container = self._sandbox.get_container(request.container_id)
+        data = await termination.read_message(container.spec)
+        return agent_pb2.GetDiagnosticDataResponse(data=data)
