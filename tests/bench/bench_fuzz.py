@@ -8,10 +8,11 @@ The agent runs under ``unshare --mount --propagation private --net`` with a fres
 and network RPCs see an empty network namespace. Its socket is a unix socket path in a
 temporary directory (abstract sockets belong to a network namespace). RPCs that would reach
 the host anyway are never sent: SetGuestDateTime (the clock), OnlineCPUMem and
-MemHotplugByProbe (host CPUs and memory), ReseedRandomDev (the host's /dev/random),
-DestroySandbox (the agent exits by design); CreateSandbox's ``kernel_modules`` is left empty
-(modprobe on the host kernel). Container cgroups go below /kata in the host's hierarchies,
-as for every integration test, and are removed by the agent's teardown.
+MemHotplugByProbe (host CPUs and memory), ReseedRandomDev (the host's /dev/random), AddSwap
+and AddSwapPath (swapon on the host's disks), DestroySandbox (the agent exits by design);
+CreateSandbox's ``kernel_modules`` is left empty (modprobe on the host kernel). Container
+cgroups go below /kata in the host's hierarchies, as for every integration test, and are
+removed by the agent's teardown.
 
 Frames, in batches of B (each batch generated from ``seed`` and its index, so any batch can
 be replayed alone with ``--only-batch``):
@@ -68,6 +69,8 @@ NEVER_SENT = {
     "OnlineCPUMem",
     "MemHotplugByProbe",
     "ReseedRandomDev",
+    "AddSwap",
+    "AddSwapPath",
     "DestroySandbox",
 }
 METHODS = [m for m in AGENT_SERVICE.methods if m.name not in NEVER_SENT]
