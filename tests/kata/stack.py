@@ -67,12 +67,17 @@ class Kata:
 
 
 def start_stack(
-    guest: build.Result, work: Path, debug: bool = False, kernel_params: str = ""
+    guest: build.Result,
+    work: Path,
+    debug: bool = False,
+    kernel_params: str = "",
+    flavour: str = "initrd",
 ) -> Kata:
-    """containerd with the Kata shim configured for `guest`, the busybox image imported;
-    ``kernel_params``: more guest kernel parameters (e.g. agent.ops_vport=1027)."""
+    """containerd with the Kata shim configured for `guest` (of ``flavour``), the busybox
+    image imported; ``kernel_params``: more guest kernel parameters (e.g.
+    agent.ops_vport=1027)."""
     config = work / "configuration.toml"
-    artifacts = kataconfig.Artifacts(guest.kernel, "initrd", guest.artifact)
+    artifacts = kataconfig.Artifacts(guest.kernel, flavour, guest.artifact)
     text = kataconfig.configuration(artifacts, kataconfig.tools_dir(), debug=debug)
     if kernel_params:
         line = f"kernel_params = {json.dumps(kataconfig.KERNEL_PARAMS)}"
@@ -100,3 +105,12 @@ def guest_artifacts() -> build.Result:
     stages = Stages(output / "kata-image.log")
     build.setup(None, stages)
     return build.build(build.Options(flavour="initrd", output=output), stages)
+
+
+def image_artifacts() -> build.Result:
+    """The VM tier's disk image with our kernel (the image flavour needs it), built or
+    reused."""
+    output = layout.cache_root() / "test-artifacts" / "image-build"
+    stages = Stages(output / "kata-image.log")
+    build.setup(None, stages)
+    return build.build(build.Options(flavour="image", kernel_source="build", output=output), stages)
