@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from stack import RUNTIME, Kata
 
 # What must not outlive a pod: the shim, the launcher, QEMU, the vsock back-end, virtiofsd.
@@ -47,6 +48,18 @@ def test_run_prints_output_and_exit_code(kata: Kata) -> None:
     assert lines[0] == "hello from kata"
     # The container runs in our guest, not on this host's kernel.
     assert lines[1] != Path("/proc/sys/kernel/osrelease").read_text().strip()
+    assert wait_gone(kata) == []
+
+
+def test_cpu_limit_gets_a_hot_added_vcpu(kata: Kata) -> None:
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one host CPU: Kata gives a pod at most one vCPU per host CPU")
+    # The runtime sizes the VM for the limit: it hot-adds a vCPU (kata-clh: QEMU device_add)
+    # and the agent brings it online (OnlineCPUMem).
+    plain = kata.run("cpus-none", "cat", "/sys/devices/system/cpu/online")
+    limited = kata.run("cpus-one", "cat", "/sys/devices/system/cpu/online", flags=("--cpus", "1"))
+    assert (plain.returncode, plain.stdout) == (0, "0\n"), plain.stderr
+    assert (limited.returncode, limited.stdout) == (0, "0-1\n"), limited.stderr
     assert wait_gone(kata) == []
 
 

@@ -78,7 +78,9 @@ def configuration(artifacts: Artifacts, tools: Path, debug: bool = False) -> str
     hypervisor.update(
         {
             "default_vcpus": 1,
-            "default_maxvcpus": 1,
+            # Kata's default: up to one vCPU per host CPU, hot-added for containers with CPU
+            # limits (kata-clh: QEMU device_add; the agent: OnlineCPUMem).
+            "default_maxvcpus": 0,
             "default_memory": MEMORY_MIB,
             "shared_fs": "virtio-fs",
             "virtio_fs_daemon": virtiofsd,
