@@ -51,15 +51,20 @@ def test_run_prints_output_and_exit_code(kata: Kata) -> None:
     assert wait_gone(kata) == []
 
 
-def test_cpu_limit_gets_a_hot_added_vcpu(kata: Kata) -> None:
+def test_limits_get_hot_added_vcpus_and_memory(kata: Kata) -> None:
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one host CPU: Kata gives a pod at most one vCPU per host CPU")
-    # The runtime sizes the VM for the limit: it hot-adds a vCPU (kata-clh: QEMU device_add)
-    # and the agent brings it online (OnlineCPUMem).
-    plain = kata.run("cpus-none", "cat", "/sys/devices/system/cpu/online")
-    limited = kata.run("cpus-one", "cat", "/sys/devices/system/cpu/online", flags=("--cpus", "1"))
-    assert (plain.returncode, plain.stdout) == (0, "0\n"), plain.stderr
-    assert (limited.returncode, limited.stdout) == (0, "0-1\n"), limited.stderr
+    # The runtime sizes the VM for the limits: it hot-adds a vCPU and memory (kata-clh: QEMU
+    # device_add, a memory backend) and the agent brings them online (OnlineCPUMem).
+    script = "cat /sys/devices/system/cpu/online; grep MemTotal /proc/meminfo"
+    plain = kata.run("limits-none", "sh", "-c", script)
+    flags = ("--cpus", "1", "--memory-limit", str(512 << 20))
+    limited = kata.run("limits-set", "sh", "-c", script, flags=flags)
+    assert plain.returncode == 0 and limited.returncode == 0, plain.stderr + limited.stderr
+    (cpus, mem), (more_cpus, more_mem) = plain.stdout.splitlines(), limited.stdout.splitlines()
+    assert (cpus, more_cpus) == ("0", "0-1")
+    added_kib = int(more_mem.split()[1]) - int(mem.split()[1])
+    assert 500 << 10 <= added_kib <= 512 << 10
     assert wait_gone(kata) == []
 
 
