@@ -427,16 +427,21 @@ def is_bind(mount: dict[str, object]) -> bool:
     )
 
 
+def bind_root(source: str) -> str | None:
+    """The one of BIND_ROOTS that ``source`` (absolute) is, or lies below."""
+    normal = os.path.normpath(source)
+    return next((r for r in BIND_ROOTS if normal == r or normal.startswith(r + "/")), None)
+
+
 def check_bind_source(source: str, field: str) -> str:
     """The normalised ``source`` of an OCI bind mount when it lies below one of
     ``BIND_ROOTS`` (or is /dev/shm) and no symlink is on the part of it that exists (a
     storage may still be made there); InvalidArgument naming ``field`` otherwise."""
     if not isinstance(source, str) or not source.startswith("/"):
         raise InvalidArgument(f"{field}: bind source {source!r} must be an absolute path")
-    normal = os.path.normpath(source)
-    for root in BIND_ROOTS:
-        if normal == root or normal.startswith(root + "/"):
-            return check(source, root, field, missing_ok=True, allow_root=root != BIND_ROOTS[0])
+    root = bind_root(source)
+    if root is not None:
+        return check(source, root, field, missing_ok=True, allow_root=root != BIND_ROOTS[0])
     raise InvalidArgument(
         f"{field}: bind source {source!r} is outside what a container may see of the guest "
         f"({', '.join(BIND_ROOTS)})"

@@ -56,24 +56,13 @@ def sealed_copy(binary: str) -> int | None:
     command that second exec, the copy and the second dynamic link (~70 ms of each crun
     command under TCG) and keeps the protection: nothing can write a sealed memfd.
     """
-    with open(binary, "rb") as f:
-        if f.read(4) != b"\x7fELF":
+    with open(binary, "rb") as source:
+        if os.pread(source.fileno(), 4, 0) != b"\x7fELF":
             return None
-    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-    try:
-        # Since Linux 6.3 a memfd is executable only when asked (vm.memfd_noexec);
-        # older kernels refuse the flag.
+        fd = _memfd("runtime:" + os.path.basename(binary))
+        if fd is None:
+            return None
         try:
-            fd = os.memfd_create("runtime:" + os.path.basename(binary), flags | MFD_EXEC)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            fd = os.memfd_create("runtime:" + os.path.basename(binary), flags)
-    except OSError as exc:
-        logger.warning("no sealed copy of the runtime", extra={"error": str(exc)})
-        return None
-    try:
-        with open(binary, "rb") as source:
             size = os.fstat(source.fileno()).st_size
             copied = 0
             while copied < size:
@@ -81,11 +70,27 @@ def sealed_copy(binary: str) -> int | None:
                 if sent == 0:
                     raise OSError(errno.EIO, f"{binary} shrank while copied")
                 copied += sent
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        except BaseException:
+            os.close(fd)
+            raise
     return fd
+
+
+def _memfd(name: str) -> int | None:
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:
+        # Since Linux 6.3 a memfd is executable only when asked (vm.memfd_noexec);
+        # older kernels refuse the flag.
+        try:
+            return os.memfd_create(name, flags | MFD_EXEC)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return os.memfd_create(name, flags)
+    except OSError as exc:
+        logger.warning("no sealed copy of the runtime", extra={"error": str(exc)})
+        return None
 
 
 class OciRuntime:

@@ -43,10 +43,8 @@ def message(spec: dict[str, Any]) -> str:
     )
     if source is None:
         raise FailedPrecondition(f"no bind mount at the termination message path {destination}")
-    root = next(
-        (r for r in beneath.BIND_ROOTS if os.path.normpath(source).startswith(r + "/")), None
-    )
-    if root is None:
+    root = beneath.bind_root(source)
+    if root is None or os.path.normpath(source) == root:
         raise InvalidArgument(f"termination message source {source!r} is outside the bind roots")
     try:
         fd = beneath.open_beneath(source, root, "termination message", os.O_RDONLY | os.O_NONBLOCK)
