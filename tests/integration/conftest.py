@@ -18,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
@@ -113,6 +114,14 @@ def agent_log(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     path = tmp_path_factory.mktemp("agent") / "agent.log"
     _logs_by_module[str(request.path)] = path
     return path
+
+
+@pytest.fixture(scope="module")
+def work_dir() -> Iterator[Path]:
+    """A folder of the module's own in /tmp. An agent in a network namespace of its own is
+    reached on a socket path there: abstract sockets belong to one network namespace."""
+    with tempfile.TemporaryDirectory(prefix="pykata-it-") as path:
+        yield Path(path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import secrets
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +41,6 @@ def host_v2_root() -> Path:
         if (mount / "cgroup.procs").exists():
             return mount / path.lstrip("/")
     pytest.skip("no cgroup v2 hierarchy on this host")
-
-
-@pytest.fixture(scope="module")
-def work_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="pykata-cg-") as path:
-        yield Path(path)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,8 @@ exec "$@"
 
 
 @pytest.fixture(scope="module")
-def socket_dir() -> Iterator[Path]:
-    # Abstract sockets belong to a network namespace; a path is seen from both sides.
-    with tempfile.TemporaryDirectory(prefix="pykata-net-") as path:
-        yield Path(path)
-
-
-@pytest.fixture(scope="module")
-def agent_address(socket_dir: Path) -> str:
-    return f"unix://{socket_dir}/agent.sock"
+def agent_address(work_dir: Path) -> str:
+    return f"unix://{work_dir}/agent.sock"
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,8 @@ from pykata.protocols import agent_pb2
 
 
 @pytest.fixture(scope="module")
-def socket_dir() -> Iterator[Path]:
-    # Abstract sockets belong to a network namespace; a path in /tmp is seen from both sides.
-    with tempfile.TemporaryDirectory(prefix="pykata-pid1-") as path:
-        yield Path(path)
-
-
-@pytest.fixture(scope="module")
-def agent_address(socket_dir: Path) -> str:
-    return f"unix://{socket_dir}/agent.sock"
+def agent_address(work_dir: Path) -> str:
+    return f"unix://{work_dir}/agent.sock"
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +43,9 @@ def cgroup_layout(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def agent_args(cgroup_layout: str, socket_dir: Path) -> list[str]:
+def agent_args(cgroup_layout: str, work_dir: Path) -> list[str]:
     # As PID 1 the agent would read this host's kernel command line; a config file replaces it.
-    config = socket_dir / f"agent-{cgroup_layout}.toml"
+    config = work_dir / f"agent-{cgroup_layout}.toml"
     config.write_text(f"unified_cgroup_hierarchy = {str(cgroup_layout == 'v2').lower()}\n")
     return ["--config", str(config)]
 

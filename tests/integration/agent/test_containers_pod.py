@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,6 @@ CRI_NAME = "io.kubernetes.cri.container-name"
 TERMINATION_LOG = "/dev/termination-log"
 CRI_SYSCTLS = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 1"}
 RPC_TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def work_dir() -> Iterator[Path]:
-    # Abstract sockets belong to a network namespace; a path in /tmp is seen from both sides.
-    with tempfile.TemporaryDirectory(prefix="pykata-pod-") as path:
-        yield Path(path)
 
 
 @pytest.fixture(scope="module")

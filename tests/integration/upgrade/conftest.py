@@ -8,7 +8,6 @@ import glob
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,13 +23,6 @@ from pykata.protocols import agent_pb2
 from pykata.ttrpc import Client
 
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
-
-
-@pytest.fixture(scope="module")
-def work_dir() -> Iterator[Path]:
-    # Abstract sockets belong to a network namespace; a path in /tmp is seen from both sides.
-    with tempfile.TemporaryDirectory(prefix="pykata-upgrade-") as path:
-        yield Path(path)
 
 
 @pytest.fixture(scope="module")
